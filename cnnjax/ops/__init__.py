@@ -1,0 +1,31 @@
+"""The functional core: channels-last convolution, pooling and normalisation ops.
+
+Every op takes ``impl="custom"`` (default: a ``jax.custom_vjp`` whose backward rule is the
+textbook derivation written beside the forward function) or ``impl="xla"`` (plain ``lax``
+forward, JAX autodiff). Both give the same forward values. Activations are ``(N, *spatial, C)``
+with 1-3 spatial dims, kernels ``(*kernel, C_in // groups, C_out)``.
+"""
+
+from cnnjax.ops.conv import conv, conv_transpose, depthwise_conv, separable_conv
+from cnnjax.ops.normalization import local_contrast_norm, local_response_norm
+from cnnjax.ops.pooling import (
+    avg_pool,
+    global_avg_pool,
+    global_max_pool,
+    lp_pool,
+    max_pool,
+)
+
+__all__ = [
+    "avg_pool",
+    "conv",
+    "conv_transpose",
+    "depthwise_conv",
+    "global_avg_pool",
+    "global_max_pool",
+    "local_contrast_norm",
+    "local_response_norm",
+    "lp_pool",
+    "max_pool",
+    "separable_conv",
+]

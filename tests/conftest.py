@@ -1,0 +1,38 @@
+"""Test configuration: 8 fake CPU devices and float64, set before JAX initialises.
+
+Gradient checks run in float64 (``jax_enable_x64``); model and training tests pass float32
+arrays explicitly where they mean float32.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("ci")
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+    """``../shared/data`` (real MNIST / Fashion-MNIST .npz); skips cleanly when absent."""
+    if not (SHARED_DATA / "mnist.npz").exists():
+        pytest.skip("../shared/data is not present (only on the developers' machines and CI)")
+    return SHARED_DATA
