@@ -1,23 +1,637 @@
-"""Pooling ops (work in progress)."""
+"""Pooling: max, average, Lp and global pools over channels-last ``(N, *spatial, C)`` arrays.
+
+Every op has two implementations selected by ``impl``:
+
+* ``impl="custom"`` (default): a :func:`jax.custom_vjp` whose backward rule is the textbook
+  derivation, written right below its forward function (max pool routes each output gradient
+  through the saved "switch", mean pool spreads ``g / K`` over the window, Lp pool uses
+  ``dy/dx_i = x_i^(p-1) y^(1-p)``). The backward rules are themselves differentiable, so
+  reverse-over-reverse (``jax.grad(jax.grad(f))``) works. Forward mode (``jax.jvp``,
+  ``jax.jacfwd``) is impossible through a ``custom_vjp``; use ``impl="xla"`` for it.
+* ``impl="xla"``: the forward in plain ``lax`` (``lax.reduce_window``) and JAX's own autodiff.
+
+Window semantics follow PyTorch's ``torch.nn.functional`` pools: per spatial dimension, with
+window ``k``, stride ``s`` (default ``k``), dilation ``d`` and padding ``(lo, hi)``::
+
+    o = floor_or_ceil((n + lo + hi - d*(k-1) - 1) / s) + 1
+
+(:func:`cnnjax.shapes.pool_output_size`); output ``j`` reads input positions
+``j*s - lo + t*d`` for ``t = 0..k-1``. In ``ceil_mode`` the last window may run past the padded
+input; the missing positions are treated as padding (``-inf`` for max, absent for the average's
+divisor, exactly as PyTorch). Padding may be at most ``window // 2`` on each side (PyTorch's
+rule).
+"""
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
-def max_pool(x, window, stride=None, padding=0, dilation=1, ceil_mode=False, *, impl="custom"):
-    raise NotImplementedError
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cnnjax.ops._common import FORWARD_MODE_MESSAGE, Impl, check_impl, spatial_ndim
+from cnnjax.shapes import Padding, canonicalize_padding, canonicalize_tuple, pool_output_size
+
+__all__ = ["avg_pool", "global_avg_pool", "global_max_pool", "lp_pool", "max_pool"]
 
 
-def avg_pool(x, window, stride=None, padding=0, ceil_mode=False, count_include_pad=True, *, impl="custom"):
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
 
 
-def lp_pool(x, p, window, stride=None, ceil_mode=False, *, impl="custom"):
-    raise NotImplementedError
+def max_pool(
+    x: jax.typing.ArrayLike,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: Padding = 0,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+    *,
+    impl: Impl = "custom",
+) -> jax.Array:
+    """Max pooling over a (dilated) window, like ``torch.nn.functional.max_pool{1,2,3}d``.
+
+    Shapes: ``x`` is ``(N, *spatial, C)`` with 1-3 spatial dims; returns ``(N, *out, C)`` with
+    ``out[i] = floor_or_ceil((n_i + lo_i + hi_i - d_i*(k_i-1) - 1) / s_i) + 1``.
+
+    .. math:: y_j = \\max_{t} \\, x_{j s - lo + t d}  \\qquad (\\text{padding is } -\\infty)
+
+    Backward (``impl="custom"``): the forward pass saves the "switch", the index ``t*`` of the
+    first maximum inside each window (ties go to the first maximum, as in PyTorch), in a small
+    integer dtype; the gradient ``dy_j`` is routed to ``x_{j s - lo + t* d}`` and contributions of
+    overlapping windows add up. Unlike JAX's own max-pool VJP, window dilation is supported.
+    NaN propagates like PyTorch (a NaN in the window is the maximum).
+
+    Args:
+      x: ``(N, *spatial, C)`` array.
+      window: window size ``k``, an int or one int per spatial dim.
+      stride: ``s``; defaults to ``window``.
+      padding: int, per-dim ints, per-dim ``(lo, hi)`` pairs, or ``"SAME"``/``"VALID"``; the pad
+        value is ``-inf``. Each side must be ``<= window // 2``.
+      dilation: window dilation ``d`` (spacing between window taps).
+      ceil_mode: round the output size up (PyTorch's rule; a last window that would start in the
+        right padding is dropped).
+      impl: ``"custom"`` (hand-written switch-routing VJP; reverse mode only, see
+        the module docstring) or ``"xla"`` (``lax.reduce_window`` + JAX autodiff; with
+        ``dilation > 1`` the forward is a ``reduce_window`` over the stacked dilated taps
+        because JAX cannot differentiate a dilated max ``reduce_window``).
+
+    >>> max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), 2).ravel()
+    Array([ 5.,  7., 13., 15.], dtype=float32)
+    """
+    check_impl(impl)
+    x = jnp.asarray(x)
+    geom = _window_geometry(
+        "max_pool", x, window, stride, padding, dilation, ceil_mode, check_half_window=True
+    )
+    if impl == "xla":
+        return _max_pool_xla(x, geom)
+    return _call_custom("max_pool", _max_pool_jit, x, geom)
 
 
-def global_avg_pool(x, keepdims=False, *, impl="custom"):
-    raise NotImplementedError
+def avg_pool(
+    x: jax.typing.ArrayLike,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: Padding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    *,
+    impl: Impl = "custom",
+) -> jax.Array:
+    """Average pooling, like ``torch.nn.functional.avg_pool{1,2,3}d``.
+
+    Shapes: ``(N, *spatial, C) -> (N, *out, C)``, ``out`` as for :func:`max_pool` (no dilation).
+
+    .. math:: y_j = \\frac{1}{K_j} \\sum_{t} x_{j s - lo + t}  \\qquad (\\text{padding is } 0)
+
+    The divisor ``K_j`` is PyTorch's, a product over spatial dims of per-dim counts computed
+    statically with NumPy: with ``count_include_pad=True`` the number of window taps inside the
+    zero-padded input ``[-lo, n + hi)`` (so ceil-mode windows running past the padding count
+    only up to it); with ``False`` the number of taps inside the real input ``[0, n)``.
+
+    Backward (``impl="custom"``): ``dx_i = sum_{j: i in window j} dy_j / K_j`` ("the derivative
+    of mean pooling is distributed over the pool"), computed as the adjoint of the window sum:
+    interior-pad ``dy/K`` by ``stride - 1``, edge-pad by the conv-VJP amounts and take a
+    stride-1 window sum (:func:`_window_sum_transpose`).
+
+    Args:
+      x: ``(N, *spatial, C)`` floating array.
+      window, stride, padding, ceil_mode: as in :func:`max_pool` (zero padding).
+      count_include_pad: whether zero padding counts in the divisor (PyTorch's default True).
+      impl: ``"custom"`` (hand-written VJP; reverse mode only) or ``"xla"``
+        (``lax.reduce_window`` + autodiff).
+    """
+    check_impl(impl)
+    x = _floating("avg_pool", x)
+    geom = _window_geometry(
+        "avg_pool", x, window, stride, padding, 1, ceil_mode, check_half_window=True
+    )
+    cfg = _AvgConfig(geom, bool(count_include_pad))
+    if impl == "xla":
+        return _avg_pool_xla(x, cfg)
+    return _call_custom("avg_pool", _avg_pool_jit, x, cfg)
 
 
-def global_max_pool(x, keepdims=False, *, impl="custom"):
-    raise NotImplementedError
+def lp_pool(
+    x: jax.typing.ArrayLike,
+    p: float,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    ceil_mode: bool = False,
+    *,
+    impl: Impl = "custom",
+) -> jax.Array:
+    """Power-average (Lp) pooling ``y = (sum_window x^p)^(1/p)``, no padding.
+
+    Shapes: ``(N, *spatial, C) -> (N, *out, C)``, ``out`` as for :func:`max_pool` with zero
+    padding and no dilation.
+
+    .. math:: y_j = \\Big(\\sum_{t} x_{j s + t}^{\\,p}\\Big)^{1/p}
+
+    In ``ceil_mode`` a partial last window sums only the elements that exist. PyTorch's
+    ``lp_pool`` differs there: it computes ``(K * avg_pool(x^p))^(1/p)`` and its average divides
+    by the number of existing elements, so a partial window is rescaled by ``K / count``. The two
+    agree wherever windows are full. ``x^p`` is a real power: use non-negative inputs unless
+    ``p`` is an integer.
+
+    Backward (``impl="custom"``): ``dx_i = x_i^(p-1) * sum_{j: i in window j} y_j^(1-p) dy_j``
+    (from ``dy/dx_i = x_i^(p-1) y^(1-p)``); where ``y_j == 0`` its term is defined as 0 (the
+    derivative does not exist there for ``p > 1``; this is the subgradient PyTorch's autograd
+    also gives for non-negative inputs). For ``p < 1`` and ``x_i == 0`` the derivative is
+    infinite and the result is ``inf``/``nan``.
+
+    Args:
+      x: ``(N, *spatial, C)`` floating array.
+      p: the power, a finite number ``> 0`` (``p = 1`` is sum pooling, ``p = 2`` L2 pooling).
+      window, stride, ceil_mode: as in :func:`max_pool`.
+      impl: ``"custom"`` (hand-written VJP; reverse mode only) or ``"xla"``
+        (``lax.reduce_window`` + autodiff).
+    """
+    check_impl(impl)
+    if isinstance(p, bool) or not isinstance(p, int | float | np.integer | np.floating):
+        raise TypeError(f"lp_pool: p must be a positive number, got {p!r}")
+    if not (math.isfinite(p) and p > 0):
+        raise ValueError(f"lp_pool: p must be a finite number > 0 (y = (sum x^p)^(1/p)), got {p!r}")
+    x = _floating("lp_pool", x)
+    geom = _window_geometry("lp_pool", x, window, stride, 0, 1, ceil_mode, check_half_window=False)
+    cfg = _LpConfig(geom, float(p))
+    if impl == "xla":
+        return _lp_pool_xla(x, cfg)
+    return _call_custom("lp_pool", _lp_pool_jit, x, cfg)
+
+
+def global_avg_pool(
+    x: jax.typing.ArrayLike, keepdims: bool = False, *, impl: Impl = "custom"
+) -> jax.Array:
+    """Mean over all spatial positions: ``(N, *spatial, C) -> (N, C)`` (``(N, 1, ..., 1, C)``
+    with ``keepdims``).
+
+    .. math:: y_{nc} = \\frac{1}{P} \\sum_{i} x_{n i c}, \\qquad P = \\prod \\text{spatial}
+
+    Backward (``impl="custom"``): ``dx_{nic} = dy_{nc} / P`` broadcast over space.
+    ``impl="xla"`` is ``jnp.mean`` + autodiff. Forward mode needs ``impl="xla"``.
+    """
+    check_impl(impl)
+    x = _floating("global_avg_pool", x)
+    nd = spatial_ndim(x, op="global_avg_pool")
+    if impl == "xla":
+        return jnp.mean(x, axis=tuple(range(1, nd + 1)), keepdims=bool(keepdims))
+    cfg = _GlobalConfig(tuple(x.shape), bool(keepdims))
+    return _call_custom("global_avg_pool", _global_avg_pool_jit, x, cfg)
+
+
+def global_max_pool(
+    x: jax.typing.ArrayLike, keepdims: bool = False, *, impl: Impl = "custom"
+) -> jax.Array:
+    """Max over all spatial positions: ``(N, *spatial, C) -> (N, C)`` (``(N, 1, ..., 1, C)``
+    with ``keepdims``).
+
+    .. math:: y_{nc} = \\max_{i} x_{n i c}
+
+    Backward (``impl="custom"``): a one-hot at the first argmax (in row-major spatial order):
+    ``dx_{nic} = dy_{nc} [i = argmax_i x_{nic}]``. ``impl="xla"`` is ``jnp.max`` + autodiff,
+    which splits the gradient evenly between tied maxima instead. Forward mode needs
+    ``impl="xla"``.
+    """
+    check_impl(impl)
+    x = jnp.asarray(x)
+    nd = spatial_ndim(x, op="global_max_pool")
+    if impl == "xla":
+        return jnp.max(x, axis=tuple(range(1, nd + 1)), keepdims=bool(keepdims))
+    cfg = _GlobalConfig(tuple(x.shape), bool(keepdims))
+    return _call_custom("global_max_pool", _global_max_pool_jit, x, cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Window geometry (static, hashable) and argument checks
+# --------------------------------------------------------------------------------------------
+
+
+class _Geometry(NamedTuple):
+    """Static description of a pooling window; every field is a tuple with one entry per dim."""
+
+    spatial: tuple[int, ...]  # input sizes n
+    window: tuple[int, ...]  # k
+    stride: tuple[int, ...]  # s
+    dilation: tuple[int, ...]  # d
+    padding: tuple[tuple[int, int], ...]  # user (lo, hi)
+    out: tuple[int, ...]  # o
+    extra: tuple[int, ...]  # ceil-mode positions past n + lo + hi that the last window reads
+
+    @property
+    def full_padding(self) -> tuple[tuple[int, int], ...]:
+        """``(lo, hi + extra)``: the padding that makes every window lie inside the array."""
+        return tuple((lo, hi + e) for (lo, hi), e in zip(self.padding, self.extra, strict=True))
+
+
+def _window_geometry(
+    op: str,
+    x: jax.Array,
+    window,
+    stride,
+    padding,
+    dilation,
+    ceil_mode: bool,
+    *,
+    check_half_window: bool,
+) -> _Geometry:
+    nd = spatial_ndim(x, op=op)
+    spatial = tuple(int(n) for n in x.shape[1:-1])
+    try:
+        window = canonicalize_tuple(window, nd, "window")
+        stride = window if stride is None else canonicalize_tuple(stride, nd, "stride")
+        dilation = canonicalize_tuple(dilation, nd, "dilation")
+        padding = canonicalize_padding(
+            padding, nd, kernel=window, stride=stride, dilation=dilation, spatial=spatial
+        )
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{op}: {err}") from None
+    if not isinstance(ceil_mode, bool | np.bool_):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {ceil_mode!r}")
+    if check_half_window:
+        for i, ((lo, hi), k) in enumerate(zip(padding, window, strict=True)):
+            if lo > k // 2 or hi > k // 2:
+                raise ValueError(
+                    f"{op}: padding must be at most window // 2 on each side (PyTorch's rule), "
+                    f"got padding={padding} for window={window} (dim {i}: ({lo}, {hi}) > "
+                    f"{k} // 2 = {k // 2})"
+                )
+    out, extra = [], []
+    for i, (n, k, s, d, (lo, hi)) in enumerate(
+        zip(spatial, window, stride, dilation, padding, strict=True)
+    ):
+        o = pool_output_size(n, k, s, (lo, hi), d, bool(ceil_mode))
+        if o < 1:
+            rounding = "ceil" if ceil_mode else "floor"
+            raise ValueError(
+                f"{op}: output size must be >= 1, but in spatial dim {i} "
+                f"o = {rounding}((n + lo + hi - d*(k-1) - 1) / s) + 1 = "
+                f"{rounding}(({n} + {lo} + {hi} - {d}*({k}-1) - 1) / {s}) + 1 = {o} "
+                f"for input shape {tuple(x.shape)}, window={window}, stride={stride}, "
+                f"padding={padding}, dilation={dilation}"
+            )
+        out.append(o)
+        extra.append(max(0, (o - 1) * s + d * (k - 1) + 1 - (n + lo + hi)))
+    return _Geometry(spatial, window, stride, dilation, padding, tuple(out), tuple(extra))
+
+
+def _floating(op: str, x) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{op}: x must have a floating dtype, got {x.dtype}")
+    return x
+
+
+# Init and pad values are NumPy scalars, not jnp arrays: lax.reduce_window recognises a max/add
+# monoid (and hence has a VJP) only when the init value is concrete, and under jit a jnp
+# constant may be a tracer.
+def _lowest(dtype) -> np.ndarray:
+    if jnp.issubdtype(dtype, jnp.floating):
+        return np.array(-np.inf, dtype)
+    if jnp.issubdtype(dtype, jnp.bool_):
+        return np.array(False)
+    return np.array(jnp.iinfo(dtype).min, dtype)
+
+
+def _zero(dtype) -> np.ndarray:
+    return np.zeros((), dtype)
+
+
+def _full(t):
+    """Spatial per-dim values -> full-rank values with batch and channel entries."""
+    return (1, *t, 1)
+
+
+def _pad_config(pairs) -> list[tuple[int, int, int]]:
+    return [(0, 0, 0), *((lo, hi, 0) for lo, hi in pairs), (0, 0, 0)]
+
+
+def _window_sum(x: jax.Array, geom: _Geometry) -> jax.Array:
+    """``sum_t x_{j s - lo + t d}`` with zero padding (including the ceil-mode extra)."""
+    return lax.reduce_window(
+        x,
+        _zero(x.dtype),
+        lax.add,
+        _full(geom.window),
+        _full(geom.stride),
+        [(0, 0), *geom.full_padding, (0, 0)],
+        window_dilation=_full(geom.dilation),
+    )
+
+
+def _window_sum_transpose(g: jax.Array, geom: _Geometry) -> jax.Array:
+    """Adjoint of :func:`_window_sum`: ``dx_i = sum_{j, t: j s - lo + t d = i} g_j``.
+
+    The conv-VJP padding arithmetic: interior-pad ``g`` by ``s - 1`` (so output ``j`` sits at
+    ``j s``), pad ``d(k-1) - lo`` before and ``n + lo - (o-1)s - 1`` after (negative = crop),
+    giving length ``n + d(k-1)``; a stride-1 window sum of width ``k`` (dilation ``d``) then
+    collects, at input ``i``, every ``g_j`` with ``j s - lo + t d = i``. The window is all ones,
+    so no kernel flip is needed.
+    """
+    config = [(0, 0, 0)]
+    for n, k, s, d, (lo, _), o in zip(
+        geom.spatial, geom.window, geom.stride, geom.dilation, geom.padding, geom.out, strict=True
+    ):
+        config.append((d * (k - 1) - lo, n + lo - (o - 1) * s - 1, s - 1))
+    config.append((0, 0, 0))
+    spread = lax.pad(g, _zero(g.dtype), config)
+    ones = (1,) * g.ndim
+    return lax.reduce_window(
+        spread,
+        _zero(g.dtype),
+        lax.add,
+        _full(geom.window),
+        ones,
+        "VALID",
+        window_dilation=_full(geom.dilation),
+    )
+
+
+def _offsets(geom: _Geometry):
+    """Window offsets ``t`` in row-major order (the order that defines "first maximum")."""
+    return itertools.product(*(range(k) for k in geom.window))
+
+
+def _tap(xp: jax.Array, geom: _Geometry, offset) -> jax.Array:
+    """``xp[:, j s + t d, :]`` for all outputs ``j``: one window tap as a strided slice of the
+    fully padded input."""
+    start = [0, *(t * d for t, d in zip(offset, geom.dilation, strict=True)), 0]
+    limit = [
+        xp.shape[0],
+        *(b + (o - 1) * s + 1 for b, o, s in zip(start[1:-1], geom.out, geom.stride, strict=True)),
+        xp.shape[-1],
+    ]
+    return lax.slice(xp, start, limit, _full(geom.stride))
+
+
+# --------------------------------------------------------------------------------------------
+# max_pool
+# --------------------------------------------------------------------------------------------
+
+
+def _max_pool_xla(x: jax.Array, geom: _Geometry) -> jax.Array:
+    if all(d == 1 for d in geom.dilation):
+        return lax.reduce_window(
+            x,
+            _lowest(x.dtype),
+            lax.max,
+            _full(geom.window),
+            _full(geom.stride),
+            [(0, 0), *geom.full_padding, (0, 0)],
+        )
+    # JAX's max reduce_window VJP refuses window dilation: stack the taps on a new leading axis
+    # and take a plain (undilated) max reduce_window over it, which JAX can differentiate.
+    xp = lax.pad(x, _lowest(x.dtype), _pad_config(geom.full_padding))
+    taps = jnp.stack([_tap(xp, geom, t) for t in _offsets(geom)])
+    k = taps.shape[0]
+    y = lax.reduce_window(
+        taps, _lowest(x.dtype), lax.max, (k, *(1,) * x.ndim), (1,) * taps.ndim, "VALID"
+    )
+    return y[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_custom(x: jax.Array, geom: _Geometry) -> jax.Array:
+    return _max_pool_fwd(x, geom)[0]
+
+
+def _max_pool_fwd(x: jax.Array, geom: _Geometry):
+    # One pass over the window taps keeps the running max and the switch (index of the first
+    # maximum): a later tap wins only if strictly greater, so ties keep the first maximum;
+    # a NaN tap always wins so NaN propagates as in PyTorch.
+    xp = lax.pad(x, _lowest(x.dtype), _pad_config(geom.full_padding))
+    num_taps = math.prod(geom.window)
+    switch_dtype = jnp.int8 if num_taps <= 127 else jnp.int16 if num_taps <= 32767 else jnp.int32
+    best = switch = None
+    for index, offset in enumerate(_offsets(geom)):
+        tap = _tap(xp, geom, offset)
+        if best is None:
+            best, switch = tap, jnp.zeros(tap.shape, switch_dtype)
+            continue
+        take = (tap > best) | (tap != tap)
+        best = jnp.where(take, tap, best)
+        switch = jnp.where(take, np.array(index, switch_dtype), switch)
+    return best, switch
+
+
+def _max_pool_bwd(geom: _Geometry, switch: jax.Array, g: jax.Array):
+    # dx_i = sum_j g_j [i = j s - lo + switch_j d]: for each tap t, keep g where the switch is t
+    # and place it at j s + t d - lo with lax.pad (interior s - 1, low t d - lo, high crops to
+    # n); the pieces of overlapping windows add up. Linear in g, hence differentiable again.
+    dx = None
+    for index, offset in enumerate(_offsets(geom)):
+        routed = jnp.where(switch == index, g, jnp.zeros((), g.dtype))
+        config = [(0, 0, 0)]
+        for n, t, s, d, (lo, _), o in zip(
+            geom.spatial, offset, geom.stride, geom.dilation, geom.padding, geom.out, strict=True
+        ):
+            low = t * d - lo
+            config.append((low, n - low - ((o - 1) * s + 1), s - 1))
+        config.append((0, 0, 0))
+        piece = lax.pad(routed, _zero(g.dtype), config)
+        dx = piece if dx is None else dx + piece
+    return (dx,)
+
+
+_max_pool_custom.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_jit = jax.jit(_max_pool_custom, static_argnums=1)
+
+
+# --------------------------------------------------------------------------------------------
+# avg_pool
+# --------------------------------------------------------------------------------------------
+
+
+class _AvgConfig(NamedTuple):
+    geom: _Geometry
+    count_include_pad: bool
+
+
+def _avg_divisor(cfg: _AvgConfig) -> np.ndarray:
+    """PyTorch's per-output divisor, shape ``(1, *out, 1)``, as a static NumPy array.
+
+    Per dim: window ``[j s - lo, j s - lo + k)`` clipped to ``[-lo, n + hi)`` (count_include_pad)
+    or to ``[0, n)``; the divisor is the product of the per-dim counts.
+    """
+    geom = cfg.geom
+    divisor = np.ones((), np.int64)
+    for n, k, s, (lo, hi), o in zip(
+        geom.spatial, geom.window, geom.stride, geom.padding, geom.out, strict=True
+    ):
+        start = np.arange(o) * s - lo
+        end = np.minimum(start + k, n + hi)
+        if cfg.count_include_pad:
+            count = end - start
+        else:
+            count = np.minimum(end, n) - np.maximum(start, 0)
+        divisor = np.multiply.outer(divisor, count)
+    return divisor.reshape(_full(geom.out))
+
+
+def _avg_pool_xla(x: jax.Array, cfg: _AvgConfig) -> jax.Array:
+    return _window_sum(x, cfg.geom) / _avg_divisor(cfg).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _avg_pool_custom(x: jax.Array, cfg: _AvgConfig) -> jax.Array:
+    return _window_sum(x, cfg.geom) / _avg_divisor(cfg).astype(x.dtype)
+
+
+def _avg_pool_fwd(x: jax.Array, cfg: _AvgConfig):
+    return _avg_pool_custom(x, cfg), None
+
+
+def _avg_pool_bwd(cfg: _AvgConfig, _, g: jax.Array):
+    # dx_i = sum_{j: i in window j} g_j / K_j: the window-sum adjoint of g / K.
+    return (_window_sum_transpose(g / _avg_divisor(cfg).astype(g.dtype), cfg.geom),)
+
+
+_avg_pool_custom.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+_avg_pool_jit = jax.jit(_avg_pool_custom, static_argnums=1)
+
+
+# --------------------------------------------------------------------------------------------
+# lp_pool
+# --------------------------------------------------------------------------------------------
+
+
+class _LpConfig(NamedTuple):
+    geom: _Geometry
+    p: float
+
+
+def _power(x: jax.Array, p: float) -> jax.Array:
+    # Integer powers use exact repeated multiplication (and accept negative bases).
+    if float(p).is_integer():
+        return lax.integer_pow(x, int(p))
+    return lax.pow(x, np.array(p, x.dtype))
+
+
+def _lp_pool_xla(x: jax.Array, cfg: _LpConfig) -> jax.Array:
+    return _power(_window_sum(_power(x, cfg.p), cfg.geom), 1.0 / cfg.p)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _lp_pool_custom(x: jax.Array, cfg: _LpConfig) -> jax.Array:
+    return _power(_window_sum(_power(x, cfg.p), cfg.geom), 1.0 / cfg.p)
+
+
+def _lp_pool_fwd(x: jax.Array, cfg: _LpConfig):
+    y = _lp_pool_custom(x, cfg)
+    return y, (x, y)
+
+
+def _lp_pool_bwd(cfg: _LpConfig, residuals, g: jax.Array):
+    # dx_i = x_i^(p-1) * sum_{j: i in window j} y_j^(1-p) g_j; terms with y_j = 0 are 0.
+    # (The "safe" y keeps y^(1-p) finite so that differentiating this rule again is NaN-free.)
+    x, y = residuals
+    nonzero = y != 0
+    y_safe = jnp.where(nonzero, y, jnp.ones((), y.dtype))
+    coef = jnp.where(nonzero, _power(y_safe, 1.0 - cfg.p) * g, jnp.zeros((), g.dtype))
+    return (_power(x, cfg.p - 1.0) * _window_sum_transpose(coef, cfg.geom),)
+
+
+_lp_pool_custom.defvjp(_lp_pool_fwd, _lp_pool_bwd)
+_lp_pool_jit = jax.jit(_lp_pool_custom, static_argnums=1)
+
+
+# --------------------------------------------------------------------------------------------
+# global pools
+# --------------------------------------------------------------------------------------------
+
+
+class _GlobalConfig(NamedTuple):
+    shape: tuple[int, ...]  # input shape (N, *spatial, C)
+    keepdims: bool
+
+    def output_shape(self) -> tuple[int, ...]:
+        n, c = self.shape[0], self.shape[-1]
+        return (n, *(1,) * (len(self.shape) - 2), c) if self.keepdims else (n, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _global_avg_pool_custom(x: jax.Array, cfg: _GlobalConfig) -> jax.Array:
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=cfg.keepdims)
+
+
+def _global_avg_pool_fwd(x: jax.Array, cfg: _GlobalConfig):
+    return _global_avg_pool_custom(x, cfg), None
+
+
+def _global_avg_pool_bwd(cfg: _GlobalConfig, _, g: jax.Array):
+    # dx_{nic} = g_{nc} / P, broadcast over every spatial position i.
+    shape = cfg.shape
+    g = g.reshape(shape[0], *(1,) * (len(shape) - 2), shape[-1])
+    return (jnp.broadcast_to(g / math.prod(shape[1:-1]), shape),)
+
+
+_global_avg_pool_custom.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
+_global_avg_pool_jit = jax.jit(_global_avg_pool_custom, static_argnums=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _global_max_pool_custom(x: jax.Array, cfg: _GlobalConfig) -> jax.Array:
+    return _global_max_pool_fwd(x, cfg)[0]
+
+
+def _global_max_pool_fwd(x: jax.Array, cfg: _GlobalConfig):
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    argmax = jnp.argmax(flat, axis=1)  # the first maximum (a NaN counts as the maximum)
+    y = jnp.take_along_axis(flat, argmax[:, None, :], axis=1)
+    return y.reshape(cfg.output_shape()), argmax
+
+
+def _global_max_pool_bwd(cfg: _GlobalConfig, argmax: jax.Array, g: jax.Array):
+    # dx_{nic} = g_{nc} [i = argmax_i x_{nic}]: a one-hot over the flattened spatial positions.
+    shape = cfg.shape
+    size = math.prod(shape[1:-1])
+    g = g.reshape(shape[0], 1, shape[-1])
+    onehot = jnp.arange(size)[None, :, None] == argmax[:, None, :]
+    return (jnp.where(onehot, g, jnp.zeros((), g.dtype)).reshape(shape),)
+
+
+_global_max_pool_custom.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
+_global_max_pool_jit = jax.jit(_global_max_pool_custom, static_argnums=1)
+
+
+def _call_custom(op: str, fn, x: jax.Array, cfg):
+    """Call a jitted custom-VJP op, turning JAX's forward-mode error into one naming the op.
+
+    Only catches the error when it is raised eagerly (``jax.jvp`` outside ``jit``); inside a
+    ``jit`` JAX raises its own "can't apply forward-mode autodiff (jvp) to a custom_vjp
+    function" later, at lowering.
+    """
+    try:
+        return fn(x, cfg)
+    except TypeError as err:
+        if "forward-mode" in str(err) and "custom_vjp" in str(err):
+            raise TypeError(f"{op}: {FORWARD_MODE_MESSAGE}") from err
+        raise
