@@ -1,0 +1,162 @@
+"""Run configuration: an ``ml_collections.ConfigDict`` with every knob and its default.
+
+Experiment files (``experiments/configs/*.py``) define ``get_config()`` starting from
+:func:`default_config`; the CLI loads one with :func:`load_config` and applies
+``--set key=value`` overrides with :func:`apply_overrides` (dotted keys, values parsed as Python
+literals where the field is not a string: ``--set optimizer.lr=0.05``,
+``--set schedule.milestones=(32000,48000)``, ``--set model_overrides.aux_logits=False``).
+
+The defaults train ``lenet5`` on the embedded ``digits`` set to ≥ 95 % test accuracy in about a
+minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import pathlib
+
+import ml_collections
+from ml_collections import config_dict
+
+__all__ = ["apply_overrides", "default_config", "load_config"]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with the defaults of ``cnnjax train lenet5``."""
+    c = ml_collections.ConfigDict()
+    c.model = "lenet5"
+    # Extra keyword arguments for the model's constructor (e.g. aux_logits=False for GoogLeNet).
+    c.model_overrides = ml_collections.ConfigDict()
+    c.impl = "custom"  # custom | xla, threaded to every cnnjax.ops call
+    c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    c.dataset = "digits"
+    c.data_dir = config_dict.placeholder(str)  # TFDS data_dir (and ImageNet's manual dir)
+    c.image_size = config_dict.placeholder(int)  # None: native size, or the model's if larger
+    c.resize_mode = "auto"  # auto | pad | resize
+    c.num_classes = config_dict.placeholder(int)  # None: the data set's
+    c.augment = ml_collections.ConfigDict(
+        {"padding": 0, "flip": False, "crop_size": config_dict.placeholder(int), "on_device": False}
+    )
+
+    c.batch_size = 32  # global, over all devices and processes
+    c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
+    c.epochs = 15
+    c.num_steps = config_dict.placeholder(int)  # overrides epochs when set
+
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "sgd",  # sgd | adamw | adam
+            "lr": 0.05,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "grad_clip_norm": config_dict.placeholder(float),
+            "accumulate_steps": 1,
+            "ema_decay": config_dict.placeholder(float),
+        }
+    )
+    c.schedule = ml_collections.ConfigDict(
+        {
+            "name": "cosine",  # constant | step | cosine
+            "warmup_steps": 0,
+            "milestones": (),  # optimiser updates at which "step" multiplies by decay_factor
+            "decay_factor": 0.1,
+            "end_lr": 0.0,
+        }
+    )
+    c.label_smoothing = 0.0
+    c.aux_loss_weight = 0.3
+
+    c.seed = 0
+    c.parallel = "auto"  # auto | none | pmap | sharded
+    c.prefetch = 2
+    c.resume = True
+    c.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": config_dict.placeholder(int), "keep": 3, "async_save": True}
+    )
+    c.eval_every_epochs = 1
+    c.log_every_steps = 50
+    c.distributed = ml_collections.ConfigDict(
+        {
+            "coordinator": config_dict.placeholder(str),
+            "num_processes": config_dict.placeholder(int),
+            "process_id": config_dict.placeholder(int),
+        }
+    )
+    return c
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Import ``path`` (a Python file) and return its ``get_config()``."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {str(file)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_cnnjax_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{file} defines no get_config()")
+    return module.get_config()
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: list[str] | tuple[str, ...]
+) -> ml_collections.ConfigDict:
+    """Apply ``["key.sub=value", ...]`` in place and return ``config``.
+
+    Values are parsed with ``ast.literal_eval`` (``None``, numbers, booleans, tuples); a string
+    field takes the raw text. Unknown keys are an error, except under ``model_overrides``.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = config
+        for name in parents:
+            if name not in node:
+                raise ValueError(f"unknown config key {key!r} ({name!r} is not a section)")
+            node = node[name]
+        free = parents == ["model_overrides"]
+        if leaf not in node and not free:
+            raise ValueError(f"unknown config key {key!r}; valid: {', '.join(_keys(config))}")
+        value = _parse(text.strip(), node.get_type(leaf) if leaf in node else None)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ValueError(f"cannot set {key}={text!r}: {e}") from None
+    return config
+
+
+def _parse(text: str, kind):
+    if text.lower() in ("none", "null"):
+        return None
+    if kind is str:
+        return text
+    if kind is bool and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if kind is tuple:
+            return tuple(_parse(t.strip(), None) for t in text.split(",") if t.strip())
+        return text
+    if kind is tuple and not isinstance(value, tuple):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    return value
+
+
+def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict) and k != "model_overrides":
+            out.extend(_keys(v, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k}")
+    return out

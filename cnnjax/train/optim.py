@@ -1,0 +1,92 @@
+"""Optimisers and learning-rate schedules built from a config (optax).
+
+``make_optimizer`` chains, in order: gradient clipping by global norm (optional), L2 weight decay
+on the *weights* (kernels, ``ndim > 1``; biases and BatchNorm scales are not decayed) added to
+the gradient as in the papers (``g + λ w``, equivalent to a ``λ/2 ‖w‖²`` loss term), then SGD with
+(Nesterov) momentum or AdamW (decoupled decay), and wraps everything in ``optax.MultiSteps``
+when gradients are accumulated over several batches.
+
+Schedules count *optimiser updates* (= batches ÷ ``accumulate_steps``): ``constant``, ``step``
+(multiply by ``decay_factor`` at each of ``milestones``), ``cosine`` (to ``end_lr`` at
+``total_steps``), each optionally preceded by ``warmup_steps`` of linear warm-up from 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import optax
+
+__all__ = ["make_optimizer", "make_schedule", "weight_mask"]
+
+
+def make_schedule(
+    name: str,
+    lr: float,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    milestones: Sequence[int] = (),
+    decay_factor: float = 0.1,
+    end_lr: float = 0.0,
+) -> optax.Schedule:
+    """Learning rate as a function of the optimiser update count (see the module docstring)."""
+    if name == "constant":
+        main = optax.constant_schedule(lr)
+    elif name == "step":
+        # join_schedules hands the second schedule ``step - warmup``: shift the milestones.
+        main = optax.piecewise_constant_schedule(
+            lr, {int(m) - warmup_steps: decay_factor for m in milestones}
+        )
+    elif name == "cosine":
+        alpha = end_lr / lr if lr else 0.0
+        main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup_steps), alpha=alpha)
+    else:
+        raise ValueError(f'schedule must be "constant", "step" or "cosine", got {name!r}')
+    if warmup_steps <= 0:
+        return main
+    warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def weight_mask(params):
+    """``True`` for weights that get weight decay: kernels (``ndim > 1``), not biases or scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    name: str,
+    schedule: optax.Schedule | float,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    grad_clip_norm: float | None = None,
+    accumulate_steps: int = 1,
+) -> optax.GradientTransformation:
+    """``"sgd"`` (momentum, optional Nesterov, coupled L2) or ``"adamw"`` (decoupled decay)."""
+    parts = []
+    if grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(grad_clip_norm))
+    if name == "sgd":
+        if weight_decay:
+            parts.append(optax.add_decayed_weights(weight_decay, mask=weight_mask))
+        parts.append(optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
+    elif name == "adamw":
+        parts.append(
+            optax.adamw(
+                schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_mask
+            )
+        )
+    elif name == "adam":
+        parts.append(optax.adam(schedule, b1=b1, b2=b2, eps=eps))
+    else:
+        raise ValueError(f'optimizer must be "sgd", "adamw" or "adam", got {name!r}')
+    tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
+    if accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps)
+    return tx

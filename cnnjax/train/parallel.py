@@ -1,0 +1,203 @@
+"""Three drivers over the same pure steps: single-device ``jit``, ``pmap``, and ``jit`` over a mesh.
+
+=============  ================================================================================
+``none``       ``jit(train_step)`` on one device (the first local one).
+``pmap``       ``pmap(train_step, axis_name="batch")``: the state is replicated with a leading
+               device axis, each batch is reshaped to ``(devices, b / devices, ...)``.
+``sharded``    ``jit(shard_map(train_step, mesh, in_specs=(P(), P("batch"))))`` over a 1-D
+               ``Mesh`` of every device of every process: the state is replicated
+               (``NamedSharding(mesh, P())``), the batch is split along its first axis, and the
+               per-device body is the same step with ``axis_name="batch"``.
+=============  ================================================================================
+
+``parallel="auto"`` picks ``sharded`` when more than one device is visible, ``none`` otherwise.
+In a multi-process run (see :func:`initialize_distributed`) each process feeds its own share
+of the global batch; ``sharded`` assembles the global array with
+``jax.make_array_from_process_local_data`` and ``pmap`` reduces over the devices of all
+processes.
+
+Every driver offers the same methods: ``place_state`` (host → devices), ``put_batch`` (host
+batch → devices; runs in the prefetch thread), ``train_step``, ``eval_step`` and
+``host_state`` (one NumPy copy of a device state, for checkpoints and inspection). The steps are
+compiled once: batch shapes are static (``drop_remainder`` in training, padded eval batches).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = ["AXIS", "Driver", "initialize_distributed", "make_driver", "resolve_parallel"]
+
+AXIS = "batch"
+PARALLEL_KINDS = ("auto", "none", "pmap", "sharded")
+
+
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Call ``jax.distributed.initialize`` when a multi-process run is asked for.
+
+    Arguments fall back to ``CNNJAX_COORDINATOR``, ``CNNJAX_NUM_PROCESSES`` and
+    ``CNNJAX_PROCESS_ID``. Returns whether initialisation happened (``False`` for one process).
+    CPU processes exchange collectives over gloo.
+    """
+    coordinator = coordinator or os.environ.get("CNNJAX_COORDINATOR")
+    if num_processes is None and os.environ.get("CNNJAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["CNNJAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("CNNJAX_PROCESS_ID"):
+        process_id = int(os.environ["CNNJAX_PROCESS_ID"])
+    if not coordinator or not num_processes or num_processes <= 1:
+        return False
+    if process_id is None:
+        raise ValueError("a multi-process run needs --process-id (or CNNJAX_PROCESS_ID)")
+    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+    return True
+
+
+def resolve_parallel(parallel: str) -> str:
+    """``auto`` → ``sharded`` with more than one device, else ``none``; validates the name."""
+    if parallel not in PARALLEL_KINDS:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL_KINDS)}, got {parallel!r}")
+    if parallel == "auto":
+        return "sharded" if jax.device_count() > 1 else "none"
+    return parallel
+
+
+class Driver:
+    """Placement and compiled steps for one parallelism kind (see the module docstring).
+
+    ``train_fn(state, batch, *, axis_name)`` and ``eval_fn(state, batch, *, axis_name)`` are the
+    pure steps with every other argument already bound.
+    """
+
+    def __init__(self, kind: str, train_fn: Callable, eval_fn: Callable):
+        self.kind = resolve_parallel(kind)
+        if self.kind == "none":
+            self.devices = [jax.local_devices()[0]]
+        elif self.kind == "pmap":
+            self.devices = jax.local_devices()
+        else:
+            self.devices = jax.devices()
+        self.num_devices = len(self.devices)  # devices that share one global batch
+        self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+        self.global_devices = self.num_devices if self.kind != "pmap" else jax.device_count()
+
+        if self.kind == "none":
+            self._state_sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+            self._batch_sharding = self._state_sharding
+            self.train_step = jax.jit(functools.partial(train_fn, axis_name=None), donate_argnums=0)
+            self.eval_step = jax.jit(functools.partial(eval_fn, axis_name=None))
+        elif self.kind == "pmap":
+            local_mesh = Mesh(np.array(self.local_devices), (AXIS,))
+            self._batch_sharding = NamedSharding(local_mesh, P(AXIS))
+            self._state_sharding = self._batch_sharding
+            self.train_step = jax.pmap(
+                functools.partial(train_fn, axis_name=AXIS),
+                axis_name=AXIS,
+                devices=self.local_devices,
+                donate_argnums=0,
+            )
+            self.eval_step = jax.pmap(
+                functools.partial(eval_fn, axis_name=AXIS),
+                axis_name=AXIS,
+                devices=self.local_devices,
+            )
+        else:
+            self.mesh = Mesh(np.array(self.devices), (AXIS,))
+            self._state_sharding = NamedSharding(self.mesh, P())
+            self._batch_sharding = NamedSharding(self.mesh, P(AXIS))
+            # check_vma=False: with it, JAX psums the gradient of the replicated params itself
+            # (the transpose of the implicit "pvary"), and the step's own pmean would then see a
+            # *sum* over devices; without it the body is the plain per-device step, as in pmap.
+            shard = functools.partial(
+                jax.shard_map,
+                mesh=self.mesh,
+                in_specs=(P(), P(AXIS)),
+                out_specs=P(),
+                check_vma=False,
+            )
+            self.train_step = jax.jit(
+                shard(functools.partial(train_fn, axis_name=AXIS)), donate_argnums=0
+            )
+            self.eval_step = jax.jit(shard(functools.partial(eval_fn, axis_name=AXIS)))
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raise unless the global ``batch_size`` splits evenly over the devices."""
+        total = jax.device_count() if self.kind == "pmap" else self.num_devices
+        if batch_size % total:
+            raise ValueError(
+                f"batch size {batch_size} is not divisible by the {total} devices of the "
+                f"{self.kind!r} driver; use a multiple of {total} (or --parallel none)"
+            )
+
+    def place_state(self, state):
+        """Host (or device) state → this driver's placement (replicated for pmap / sharded).
+
+        Always a fresh copy: the compiled steps donate their state argument.
+        """
+        if self.kind == "none":
+            return jax.tree.map(lambda x: jax.device_put(np.array(x), self._state_sharding), state)
+        if self.kind == "pmap":
+            n = len(self.local_devices)
+            return jax.tree.map(
+                lambda x: jax.device_put(
+                    np.broadcast_to(np.asarray(x), (n, *np.shape(x))), self._state_sharding
+                ),
+                state,
+            )
+        return jax.tree.map(self._replicate_global, state)
+
+    def _replicate_global(self, x):
+        x = np.asarray(x)
+        # make_array_from_callback works in multi-process runs, where device_put of host data to
+        # a non-addressable sharding would not.
+        return jax.make_array_from_callback(x.shape, self._state_sharding, lambda index: x[index])
+
+    def put_batch(self, batch: dict[str, np.ndarray]):
+        """This process's host batch → devices, split along the batch axis."""
+        if self.kind == "none":
+            return jax.device_put(batch, self._batch_sharding)
+        if self.kind == "pmap":
+            n = len(self.local_devices)
+            return jax.tree.map(
+                lambda x: jax.device_put(
+                    x.reshape(n, x.shape[0] // n, *x.shape[1:]), self._batch_sharding
+                ),
+                batch,
+            )
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self._batch_sharding, x), batch
+        )
+
+    def host_state(self, state):
+        """One NumPy copy of a placed state (first replica; works on non-addressable arrays)."""
+
+        def one(x):
+            if not isinstance(x, jax.Array):
+                return np.asarray(x)
+            shard = np.asarray(x.addressable_data(0))
+            return shard[0] if self.kind == "pmap" else shard
+
+        return jax.tree.map(one, state)
+
+    def host_metrics(self, metrics) -> dict[str, float]:
+        """Device metric sums → Python floats (pmap returns one identical copy per device)."""
+        return {k: float(np.asarray(self.host_state(v))) for k, v in metrics.items()}
+
+
+def make_driver(parallel: str, train_fn: Callable, eval_fn: Callable) -> Driver:
+    """A :class:`Driver` for ``parallel`` in ``auto | none | pmap | sharded``."""
+    return Driver(parallel, train_fn, eval_fn)
