@@ -1,0 +1,603 @@
+"""Flax Linen layers: each creates its parameters and calls one :mod:`cnnjax.ops` function.
+
+Nothing else happens here: no arithmetic beyond casting to the compute dtype, so the forward and
+backward rules of every layer are those of the op (``impl="custom"``: hand-derived VJPs;
+``impl="xla"``: plain ``lax`` and JAX autodiff). Activations are channels-last
+``(N, *spatial, C)``; convolution kernels are ``(*kernel, C_in // groups, C_out)`` (HWIO).
+
+Every layer takes ``impl`` (``"custom"`` or ``"xla"``), ``dtype`` (the compute dtype; ``None``
+infers it from the input and parameters) and, where it has parameters, ``param_dtype``
+(``float32`` by default), as :mod:`flax.linen` does.
+
+Initialisers (all overridable through ``kernel_init`` / ``bias_init``):
+
+* :class:`Conv`, :class:`ConvTranspose`, :class:`DepthwiseConv`, :class:`SeparableConv`:
+  He et al. 2015 normal, ``std = sqrt(2 / fan_in)`` (the right scale for ReLU networks); biases 0.
+* :func:`lecun1998_uniform`: LeCun et al. 1998's ``U(-2.4 / F_in, 2.4 / F_in)``, used by LeNet-5
+  and by :class:`ConnectionTableConv` by default.
+* Glorot & Bengio 2010 (``nn.initializers.glorot_uniform()``) and plain normals
+  (``nn.initializers.normal(0.01)``, AlexNet's) are passed by the model families that used them.
+
+``BatchNorm``, ``Dense`` and ``Dropout`` come from :mod:`flax.linen` directly. Models pass
+``axis_name`` to ``nn.BatchNorm`` so that, under ``pmap``/``shard_map``, batch statistics are
+averaged across devices (``axis_name=None``: per-device statistics).
+
+Example::
+
+    >>> import jax, jax.numpy as jnp
+    >>> layer = Conv(features=8, kernel_size=(3, 3), padding=1)
+    >>> variables = layer.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> variables["params"]["kernel"].shape
+    (3, 3, 1, 8)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax import ops
+from cnnjax.shapes import Padding
+
+__all__ = [
+    "AdaptiveAvgPool",
+    "AvgPool",
+    "ConnectionTableConv",
+    "Conv",
+    "ConvTranspose",
+    "DepthwiseConv",
+    "LocalContrastNorm",
+    "LocalResponseNorm",
+    "LpPool",
+    "MaxPool",
+    "SeparableConv",
+    "TrainableSubsampling",
+    "check_input_size",
+    "he_normal",
+    "lecun1998_uniform",
+]
+
+Initializer = Any  # jax.nn.initializers.Initializer: (key, shape, dtype) -> Array
+Dtype = Any
+
+
+def he_normal(scale: float = 2.0) -> Initializer:
+    """He et al. 2015 ("Delving deep into rectifiers"): ``N(0, scale / fan_in)``, ``scale = 2``.
+
+    ``fan_in = prod(kernel) * C_in`` for a kernel ``(*kernel, C_in, C_out)`` (``C_in`` already
+    divided by ``groups`` in the HWIO layout).
+    """
+    return nn.initializers.variance_scaling(scale, "fan_in", "normal", in_axis=-2, out_axis=-1)
+
+
+def lecun1998_uniform() -> Initializer:
+    """LeCun et al. 1998 (Appendix A): ``U(-2.4 / F_in, 2.4 / F_in)``, ``F_in = prod(shape[:-1])``.
+
+    ``F_in`` is the number of inputs of a unit: ``prod(kernel) * C_in`` for a conv kernel
+    ``(*kernel, C_in, C_out)``, ``C_in`` for a dense kernel ``(C_in, C_out)``.
+    """
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        bound = 2.4 / math.prod(shape[:-1])
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def check_input_size(x: jax.Array, *, model: str, min_size: int) -> None:
+    """Raise a ``ValueError`` naming ``model`` when a spatial side of ``x`` is below ``min_size``.
+
+    Models call this first in ``__call__`` so that a too-small image fails with the model's
+    minimum input size instead of deep inside an op. ``x`` is ``(N, *spatial, C)``.
+    """
+    spatial = tuple(x.shape[1:-1])
+    if x.ndim < 3 or min(spatial) < min_size:
+        raise ValueError(
+            f"{model} needs inputs of shape (N, H, W, C) with H, W >= {min_size} "
+            f"(its minimum input size is {min_size}x{min_size}); got {tuple(x.shape)}"
+        )
+
+
+def _kernel_tuple(kernel_size: int | Sequence[int], layer: str) -> tuple[int, ...]:
+    if isinstance(kernel_size, int) or not isinstance(kernel_size, Sequence):
+        raise TypeError(
+            f"{layer}: kernel_size must be a sequence with one entry per spatial dimension "
+            f"(e.g. (3, 3) for 2-D), got {kernel_size!r}"
+        )
+    return tuple(int(k) for k in kernel_size)
+
+
+def _check_rank(x: jax.Array, ndim: int, layer: str) -> None:
+    if x.ndim != ndim + 2:
+        raise ValueError(
+            f"{layer}: a {ndim}-D kernel needs inputs (N, *spatial, C) of rank {ndim + 2}, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+class Conv(nn.Module):
+    """N-d convolution (the dimension is ``len(kernel_size)``): ``y = x ⋆ w + b``.
+
+    Input ``(N, *spatial, C_in)``; output ``(N, *spatial', features)`` with
+    ``spatial'[i] = floor((n + lo + hi - d*(k-1) - 1) / s) + 1``. Parameters: ``kernel``
+    ``(*kernel_size, C_in // groups, features)`` and ``bias`` ``(features,)``.
+
+    Attributes:
+        features: output channels.
+        kernel_size: one int per spatial dimension.
+        stride, padding, dilation, groups: as :func:`cnnjax.ops.conv` (padding default 0).
+        use_bias: add a learned bias.
+        kernel_init: default He normal (``std = sqrt(2 / (prod(kernel) * C_in / groups))``).
+        bias_init: default zeros.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    stride: int | Sequence[int] = 1
+    padding: Padding = 0
+    dilation: int | Sequence[int] = 1
+    groups: int = 1
+    use_bias: bool = True
+    kernel_init: Initializer = he_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "custom"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_size = _kernel_tuple(self.kernel_size, "Conv")
+        _check_rank(x, len(kernel_size), "Conv")
+        in_features = x.shape[-1]
+        if in_features % self.groups or self.features % self.groups:
+            raise ValueError(
+                f"Conv: input channels ({in_features}) and features ({self.features}) must be "
+                f"divisible by groups ({self.groups})"
+            )
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (*kernel_size, in_features // self.groups, self.features),
+            self.param_dtype,
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return ops.conv(
+            x,
+            kernel,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            impl=self.impl,
+        )
+
+
+class ConvTranspose(nn.Module):
+    """N-d transposed convolution (PyTorch semantics, channels-last), the adjoint of :class:`Conv`.
+
+    Input ``(N, *spatial, C_in)``; output ``(N, *spatial', features)`` with
+    ``spatial'[i] = (n - 1)*s - lo - hi + d*(k-1) + output_padding + 1``. Parameters: ``kernel``
+    ``(*kernel_size, C_in, features // groups)`` and ``bias`` ``(features,)``.
+
+    ``kernel_init=None`` (default) is He normal with ``fan_in = prod(kernel) * C_in / groups``,
+    the number of inputs an output unit sums over at stride 1.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    stride: int | Sequence[int] = 1
+    padding: Padding = 0
+    output_padding: int | Sequence[int] = 0
+    dilation: int | Sequence[int] = 1
+    groups: int = 1
+    use_bias: bool = True
+    kernel_init: Initializer | None = None
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "custom"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_size = _kernel_tuple(self.kernel_size, "ConvTranspose")
+        _check_rank(x, len(kernel_size), "ConvTranspose")
+        in_features = x.shape[-1]
+        if in_features % self.groups or self.features % self.groups:
+            raise ValueError(
+                f"ConvTranspose: input channels ({in_features}) and features ({self.features}) "
+                f"must be divisible by groups ({self.groups})"
+            )
+        # variance_scaling sees fan_in = prod(kernel) * C_in; a unit only sums C_in / groups.
+        kernel_init = self.kernel_init or he_normal(2.0 * self.groups)
+        kernel = self.param(
+            "kernel",
+            kernel_init,
+            (*kernel_size, in_features, self.features // self.groups),
+            self.param_dtype,
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return ops.conv_transpose(
+            x,
+            kernel,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            impl=self.impl,
+        )
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise convolution: every input channel gets its own ``depth_multiplier`` filters.
+
+    Input ``(N, *spatial, C)``; output ``(N, *spatial', C * depth_multiplier)``. Parameters:
+    ``kernel`` ``(*kernel_size, 1, C * depth_multiplier)`` (output channel ``c*m + j`` reads input
+    channel ``c``) and ``bias`` ``(C * depth_multiplier,)``. Default init He normal with
+    ``fan_in = prod(kernel)``.
+    """
+
+    kernel_size: Sequence[int]
+    depth_multiplier: int = 1
+    stride: int | Sequence[int] = 1
+    padding: Padding = 0
+    dilation: int | Sequence[int] = 1
+    use_bias: bool = True
+    kernel_init: Initializer = he_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "custom"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_size = _kernel_tuple(self.kernel_size, "DepthwiseConv")
+        _check_rank(x, len(kernel_size), "DepthwiseConv")
+        out_features = x.shape[-1] * self.depth_multiplier
+        kernel = self.param(
+            "kernel", self.kernel_init, (*kernel_size, 1, out_features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (out_features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return ops.depthwise_conv(
+            x,
+            kernel,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            impl=self.impl,
+        )
+
+
+class SeparableConv(nn.Module):
+    """Depthwise-separable convolution: a depthwise conv then a 1×1 (pointwise) conv.
+
+    Input ``(N, *spatial, C)``; output ``(N, *spatial', features)``. Parameters:
+    ``depthwise_kernel`` ``(*kernel_size, 1, C * depth_multiplier)``, ``pointwise_kernel``
+    ``(1, ..., 1, C * depth_multiplier, features)`` and ``bias`` ``(features,)`` (added after the
+    pointwise step). Default inits He normal (``fan_in = prod(kernel)``, ``C * depth_multiplier``).
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    depth_multiplier: int = 1
+    stride: int | Sequence[int] = 1
+    padding: Padding = 0
+    dilation: int | Sequence[int] = 1
+    use_bias: bool = True
+    depthwise_init: Initializer = he_normal()
+    pointwise_init: Initializer = he_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "custom"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_size = _kernel_tuple(self.kernel_size, "SeparableConv")
+        _check_rank(x, len(kernel_size), "SeparableConv")
+        mid = x.shape[-1] * self.depth_multiplier
+        w_depthwise = self.param(
+            "depthwise_kernel", self.depthwise_init, (*kernel_size, 1, mid), self.param_dtype
+        )
+        w_pointwise = self.param(
+            "pointwise_kernel",
+            self.pointwise_init,
+            (*(1,) * len(kernel_size), mid, self.features),
+            self.param_dtype,
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, w_depthwise, w_pointwise, bias = nn.dtypes.promote_dtype(
+            x, w_depthwise, w_pointwise, bias, dtype=self.dtype
+        )
+        return ops.separable_conv(
+            x,
+            w_depthwise,
+            w_pointwise,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            impl=self.impl,
+        )
+
+
+class ConnectionTableConv(nn.Module):
+    """Convolution in which output map ``j`` sees only the input maps ``i`` with ``table[i][j]``.
+
+    LeNet-5's C3 (LeCun et al. 1998, Table I) is the classic case. Only the connected
+    ``(kernel, i, j)`` weights are parameters, so parameter counts match the paper: ``kernel`` has
+    shape ``(*kernel_size, n_connections)``, connections ordered by output map then input map
+    (``[(i, j) for j in range(C_out) for i in range(C_in) if table[i][j]]``), and ``bias``
+    ``(C_out,)``. The dense kernel ``(*kernel_size, C_in, C_out)`` is rebuilt each call by
+    scattering them into zeros, and passed to :func:`cnnjax.ops.conv`; its gradient is gathered
+    back, so unconnected weights never exist.
+
+    ``table``: ``C_in`` rows of ``C_out`` booleans (a tuple of tuples, so the module is
+    hashable). ``kernel_init=None`` is :func:`lecun1998_uniform` with each output map's own fan-in
+    ``prod(kernel) * (its number of input maps)``; another initialiser receives the flat shape.
+    """
+
+    table: Sequence[Sequence[bool]]
+    kernel_size: Sequence[int]
+    stride: int | Sequence[int] = 1
+    padding: Padding = 0
+    use_bias: bool = True
+    kernel_init: Initializer | None = None
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "custom"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_size = _kernel_tuple(self.kernel_size, "ConnectionTableConv")
+        _check_rank(x, len(kernel_size), "ConnectionTableConv")
+        table = np.asarray(self.table, dtype=bool)
+        in_features, features = table.shape
+        if x.shape[-1] != in_features:
+            raise ValueError(
+                f"ConnectionTableConv: the table has {in_features} input maps, "
+                f"the input has {x.shape[-1]} channels"
+            )
+        outs, ins = np.nonzero(table.T)  # ordered by output map, then input map
+        flat_index = ins * features + outs
+        kernel_init = self.kernel_init
+        if kernel_init is None:
+            fan_in = math.prod(kernel_size) * table.sum(axis=0)[outs]
+
+            def kernel_init(key, shape, dtype=jnp.float32):
+                bound = jnp.asarray(2.4 / fan_in, dtype)
+                return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * bound
+
+        kernel = self.param(
+            "kernel", kernel_init, (*kernel_size, len(flat_index)), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        dense = jnp.zeros((*kernel_size, in_features * features), kernel.dtype)
+        dense = dense.at[..., flat_index].set(kernel).reshape(*kernel_size, in_features, features)
+        return ops.conv(x, dense, bias, stride=self.stride, padding=self.padding, impl=self.impl)
+
+
+class _NoParams(nn.Module):
+    def _cast(self, x: jax.Array) -> jax.Array:
+        return x if self.dtype is None else jnp.asarray(x, self.dtype)
+
+
+class MaxPool(_NoParams):
+    """Max pooling over ``window`` (one int per spatial dim): :func:`cnnjax.ops.max_pool`.
+
+    ``(N, *spatial, C) -> (N, *spatial', C)``; ``stride=None`` means ``stride = window``.
+    """
+
+    window: Sequence[int]
+    stride: int | Sequence[int] | None = None
+    padding: Padding = 0
+    dilation: int | Sequence[int] = 1
+    ceil_mode: bool = False
+    impl: str = "custom"
+    dtype: Dtype | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.max_pool(
+            self._cast(x),
+            self.window,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            impl=self.impl,
+        )
+
+
+class AvgPool(_NoParams):
+    """Average pooling over ``window``: :func:`cnnjax.ops.avg_pool`.
+
+    ``(N, *spatial, C) -> (N, *spatial', C)``; ``count_include_pad`` as in PyTorch.
+    """
+
+    window: Sequence[int]
+    stride: int | Sequence[int] | None = None
+    padding: Padding = 0
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    impl: str = "custom"
+    dtype: Dtype | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.avg_pool(
+            self._cast(x),
+            self.window,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            impl=self.impl,
+        )
+
+
+class LpPool(_NoParams):
+    """Power-average pooling ``(sum_window x^p)^(1/p)``: :func:`cnnjax.ops.lp_pool`."""
+
+    p: float
+    window: Sequence[int]
+    stride: int | Sequence[int] | None = None
+    ceil_mode: bool = False
+    impl: str = "custom"
+    dtype: Dtype | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.lp_pool(
+            self._cast(x), self.p, self.window, self.stride, self.ceil_mode, impl=self.impl
+        )
+
+
+class AdaptiveAvgPool(_NoParams):
+    """Average pooling to a fixed ``output_size``, with PyTorch's ``adaptive_avg_pool`` windows.
+
+    ``(N, *spatial, C) -> (N, *output_size, C)``. Output index ``i`` of a dimension of length
+    ``n`` averages inputs ``[floor(i*n/o), ceil((i+1)*n/o))``. Three cases:
+
+    * ``n == o`` in every dimension: the identity (e.g. VGG at 224×224 pooled to 7×7);
+    * ``n`` a multiple of ``o`` in every dimension: exactly :func:`cnnjax.ops.avg_pool` with
+      ``window = stride = n // o`` (so ``impl`` applies);
+    * otherwise (including ``n < o``, which repeats inputs): a contraction with a fixed
+      ``(o, n)`` averaging matrix per dimension, plain ``jnp`` (``impl`` does not apply; JAX
+      differentiates it).
+    """
+
+    output_size: Sequence[int]
+    impl: str = "custom"
+    dtype: Dtype | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self._cast(x)
+        spatial = tuple(x.shape[1:-1])
+        output_size = tuple(self.output_size)
+        if len(output_size) != len(spatial):
+            raise ValueError(
+                f"AdaptiveAvgPool: output_size {output_size} needs {len(output_size)} spatial "
+                f"dims, got input shape {tuple(x.shape)}"
+            )
+        if spatial == output_size:
+            return x
+        if all(n % o == 0 for n, o in zip(spatial, output_size, strict=True)):
+            window = tuple(n // o for n, o in zip(spatial, output_size, strict=True))
+            return ops.avg_pool(x, window, window, impl=self.impl)
+        for axis, (n, o) in enumerate(zip(spatial, output_size, strict=True), start=1):
+            matrix = jnp.asarray(_adaptive_average_matrix(n, o), x.dtype)
+            x = jnp.moveaxis(jnp.tensordot(x, matrix, axes=([axis], [1])), -1, axis)
+        return x
+
+
+def _adaptive_average_matrix(n: int, o: int) -> np.ndarray:
+    """``(o, n)`` matrix whose row ``i`` averages ``[floor(i*n/o), ceil((i+1)*n/o))``."""
+    matrix = np.zeros((o, n))
+    for i in range(o):
+        start, end = (i * n) // o, -(-((i + 1) * n) // o)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+class LocalResponseNorm(_NoParams):
+    """Local response normalisation across channels: :func:`cnnjax.ops.local_response_norm`.
+
+    ``y_c = x_c / (k + (alpha / size) * sum_{window} x^2)^beta`` (PyTorch's convention: ``alpha``
+    is divided by ``size``). AlexNet's paper setting (Krizhevsky et al. 2012, §3.3: ``n=5, k=2,
+    alpha=1e-4, beta=0.75`` without the division) is ``size=5, k=2, alpha=5e-4, beta=0.75``.
+    """
+
+    size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+    impl: str = "custom"
+    dtype: Dtype | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.local_response_norm(
+            self._cast(x), self.size, self.alpha, self.beta, self.k, impl=self.impl
+        )
+
+
+class LocalContrastNorm(_NoParams):
+    """Subtractive then divisive local contrast normalisation (Jarrett et al. 2009).
+
+    Calls :func:`cnnjax.ops.local_contrast_norm`; ``(N, *spatial, C) -> (N, *spatial, C)``.
+    ``sigma=None`` uses the op's default Gaussian width for ``size``.
+    """
+
+    size: int = 9
+    sigma: float | None = None
+    impl: str = "custom"
+    dtype: Dtype | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.local_contrast_norm(self._cast(x), self.size, self.sigma, impl=self.impl)
+
+
+class TrainableSubsampling(nn.Module):
+    """LeNet-5's subsampling layer (S2, S4): a window average times a trainable per-channel
+    coefficient plus a trainable per-channel bias.
+
+    .. math:: y_{n,i,j,c} = a_c \\cdot \\operatorname{mean}_{(p,q) \\in \\text{window}(i,j)}
+        x_{n,p,q,c} + b_c
+
+    Input ``(N, *spatial, C)``; output ``(N, *spatial // window, C)`` (non-overlapping windows,
+    LeCun et al. 1998 §II-B: "the four inputs to a unit in S2 are added, then multiplied by a
+    trainable coefficient, and added to a trainable bias"; we average instead of add, which only
+    rescales ``a``). Parameters ``coefficient`` ``(C,)`` (init ones) and ``bias`` ``(C,)`` (init
+    zeros): 2 per map, e.g. S2's 12. The squashing function is applied by the model.
+    """
+
+    window: int | Sequence[int] = 2
+    coefficient_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "custom"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        window = (
+            (self.window,) * (x.ndim - 2) if isinstance(self.window, int) else tuple(self.window)
+        )
+        coefficient = self.param(
+            "coefficient", self.coefficient_init, (channels,), self.param_dtype
+        )
+        bias = self.param("bias", self.bias_init, (channels,), self.param_dtype)
+        x, coefficient, bias = nn.dtypes.promote_dtype(x, coefficient, bias, dtype=self.dtype)
+        return ops.avg_pool(x, window, window, impl=self.impl) * coefficient + bias
