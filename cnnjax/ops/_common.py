@@ -41,3 +41,13 @@ def conv_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
         rhs_spec=(ndim + 1, ndim, *range(ndim)),
         out_spec=(0, ndim + 1, *spatial),
     )
+
+
+def call_custom_vjp(fn, *args):
+    """Call a ``jax.custom_vjp`` function, turning JAX's forward-mode error into a clear one."""
+    try:
+        return fn(*args)
+    except TypeError as err:
+        if "forward-mode" in str(err) or "jvp" in str(err):
+            raise TypeError(FORWARD_MODE_MESSAGE) from err
+        raise

@@ -1,0 +1,203 @@
+"""Forward and forward+backward timings of every op, ``impl="custom"`` vs ``impl="xla"``.
+
+Both implementations are jitted, warmed up, then timed in alternation (custom, xla, custom, …)
+so that machine load hits both alike; the table reports medians and the ratio custom/xla
+(< 1 means the hand-written rule is faster). Shapes are ResNet-like (ImageNet stages at a small
+batch, so a CPU finishes in minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from cnnjax import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    shapes: tuple[tuple[int, ...], ...]  # shapes of the differentiable arguments
+    call: Callable  # call(*arrays, impl=...)
+
+
+def workloads(batch: int) -> list[Workload]:
+    n = batch
+    conv = ops.conv
+    return [
+        Workload(
+            "conv 3x3/1 56x56x64->64",
+            ((n, 56, 56, 64), (3, 3, 64, 64)),
+            lambda x, w, impl: conv(x, w, stride=1, padding=1, impl=impl),
+        ),
+        Workload(
+            "conv 3x3/2 56x56x64->128",
+            ((n, 56, 56, 64), (3, 3, 64, 128)),
+            lambda x, w, impl: conv(x, w, stride=2, padding=1, impl=impl),
+        ),
+        Workload(
+            "conv 1x1/1 28x28x256->64",
+            ((n, 28, 28, 256), (1, 1, 256, 64)),
+            lambda x, w, impl: conv(x, w, impl=impl),
+        ),
+        Workload(
+            "conv 7x7/2 224x224x3->64",
+            ((n, 224, 224, 3), (7, 7, 3, 64)),
+            lambda x, w, impl: conv(x, w, stride=2, padding=3, impl=impl),
+        ),
+        Workload(
+            "depthwise 3x3/1 56x56x128",
+            ((n, 56, 56, 128), (3, 3, 1, 128)),
+            lambda x, w, impl: ops.depthwise_conv(x, w, padding=1, impl=impl),
+        ),
+        Workload(
+            "conv_transpose 4x4/2 28x28x128->64",
+            ((n, 28, 28, 128), (4, 4, 128, 64)),
+            lambda x, w, impl: ops.conv_transpose(x, w, stride=2, padding=1, impl=impl),
+        ),
+        Workload(
+            "max_pool 3x3/2 p1 112x112x64",
+            ((n, 112, 112, 64),),
+            lambda x, impl: ops.max_pool(x, 3, 2, padding=1, impl=impl),
+        ),
+        Workload(
+            "max_pool 2x2/2 56x56x64",
+            ((n, 56, 56, 64),),
+            lambda x, impl: ops.max_pool(x, 2, 2, impl=impl),
+        ),
+        Workload(
+            "avg_pool 3x3/2 p1 56x56x64",
+            ((n, 56, 56, 64),),
+            lambda x, impl: ops.avg_pool(x, 3, 2, padding=1, impl=impl),
+        ),
+        Workload(
+            "lp_pool p=2 2x2/2 56x56x64",
+            ((n, 56, 56, 64),),
+            lambda x, impl: ops.lp_pool(x, 2.0, 2, impl=impl),
+        ),
+        Workload(
+            "global_avg_pool 7x7x512",
+            ((n, 7, 7, 512),),
+            lambda x, impl: ops.global_avg_pool(x, impl=impl),
+        ),
+        Workload(
+            "local_response_norm n=5 27x27x96",
+            ((n, 27, 27, 96),),
+            lambda x, impl: ops.local_response_norm(x, 5, 1e-4, 0.75, 2.0, impl=impl),
+        ),
+        Workload(
+            "local_contrast_norm 9x9 32x32x16",
+            ((n, 32, 32, 16),),
+            lambda x, impl: ops.local_contrast_norm(x, 9, impl=impl),
+        ),
+    ]
+
+
+def _compile(workload: Workload, impl: str, arrays):
+    def forward(*a):
+        return workload.call(*a, impl=impl)
+
+    def loss(*a):
+        return jnp.sum(workload.call(*a, impl=impl))
+
+    fwd = jax.jit(forward)
+    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(arrays)))))
+    jax.block_until_ready(fwd(*arrays))
+    jax.block_until_ready(fwd_bwd(*arrays))
+    return fwd, fwd_bwd
+
+
+def _time(fn, arrays) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*arrays))
+    return time.perf_counter() - start
+
+
+def run(batch: int, repeats: int, only: str | None) -> list[dict]:
+    rows = []
+    for wl in workloads(batch):
+        if only and only not in wl.name:
+            continue
+        keys = jax.random.split(jax.random.PRNGKey(0), len(wl.shapes))
+        arrays = tuple(jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, wl.shapes))
+        compiled = {impl: _compile(wl, impl, arrays) for impl in ("custom", "xla")}
+        times = {(impl, kind): [] for impl in compiled for kind in ("fwd", "fwd+bwd")}
+        for _ in range(repeats):
+            for impl, (fwd, fwd_bwd) in compiled.items():
+                times[(impl, "fwd")].append(_time(fwd, arrays))
+                times[(impl, "fwd+bwd")].append(_time(fwd_bwd, arrays))
+        median = {k: statistics.median(v) for k, v in times.items()}
+        row = {"workload": wl.name, "batch": batch}
+        for kind in ("fwd", "fwd+bwd"):
+            row[f"custom {kind} ms"] = 1e3 * median[("custom", kind)]
+            row[f"xla {kind} ms"] = 1e3 * median[("xla", kind)]
+            row[f"ratio {kind}"] = median[("custom", kind)] / median[("xla", kind)]
+        rows.append(row)
+        print(_format_row(row), flush=True)
+    return rows
+
+
+_COLUMNS = [
+    ("workload", 36, "s"),
+    ("custom fwd ms", 11, ".2f"),
+    ("xla fwd ms", 11, ".2f"),
+    ("ratio fwd", 10, ".2f"),
+    ("custom fwd+bwd ms", 11, ".2f"),
+    ("xla fwd+bwd ms", 11, ".2f"),
+    ("ratio fwd+bwd", 10, ".2f"),
+]
+
+
+def _header() -> str:
+    names = ["workload", "cust fwd", "xla fwd", "ratio", "cust f+b", "xla f+b", "ratio"]
+    return "".join(
+        f"{n:<{w}}" if i == 0 else f"{n:>{w}}"
+        for i, (n, (_, w, _)) in enumerate(zip(names, _COLUMNS))
+    )
+
+
+def _format_row(row: dict) -> str:
+    return "".join(
+        f"{row[k]:<{w}{f}}" if i == 0 else f"{row[k]:>{w}{f}}"
+        for i, (k, w, f) in enumerate(_COLUMNS)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cnnjax bench ops",
+        description="Median forward and forward+backward times, custom VJP vs XLA autodiff "
+        "(float32, jitted, timed in alternation). Times in ms; ratio = custom / xla.",
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--json", help="also write the results as JSON to this path")
+    args = parser.parse_args(argv)
+    device = jax.devices()[0]
+    print(
+        f"# jax {jax.__version__} on {device.platform} ({device.device_kind}), "
+        f"{platform.processor() or platform.machine()}, batch {args.batch}, "
+        f"median of {args.repeats}"
+    )
+    print(_header())
+    rows = run(args.batch, args.repeats, args.only)
+    if args.json:
+        meta = {"jax": jax.__version__, "device": str(device), "repeats": args.repeats}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
