@@ -146,7 +146,7 @@ def avg_pool(x, window, stride=None, padding=0, ceil_mode=False, count_include_p
 def avg_pool_grad(
     x_shape, g, window, stride=None, padding=0, ceil_mode=False, count_include_pad=True
 ):
-    """``dx_i = sum_{j: i in window j} g_j / K_j``: the mean-pool derivative spread over the pool."""
+    """``dx_i = sum_{j: i in window j} g_j / K_j``: the mean-pool derivative spread out."""
     g = np.asarray(g)
     window, stride, _, padding, out = _geometry(x_shape, window, stride, padding, 1, ceil_mode)
     spatial = x_shape[1:-1]
@@ -225,8 +225,11 @@ def gaussian_window(size, sigma, nd):
     return grid / grid.sum()
 
 
-def local_contrast_norm(x, size, sigma, eps):
-    """Jarrett et al. 2009 with ``w_p = G_p / C`` and zero padding, by loops over positions."""
+def local_contrast_parts(x, size, sigma):
+    """``(v, sigma_map)`` of Jarrett et al. 2009 with ``w_p = G_p / C`` and zero padding::
+
+    v_{c,j} = x_{c,j} - sum_{c', p} w_p x_{c', j+p},  sigma_j = sqrt(sum_{c', p} w_p v_{c', j+p}^2)
+    """
     x = np.asarray(x)
     batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
     w = gaussian_window(size, sigma, len(spatial)) / channels
@@ -241,15 +244,25 @@ def local_contrast_norm(x, size, sigma, eps):
         return total
 
     positions = list(itertools.product(*(range(n) for n in spatial)))
-    v = np.empty_like(x)
-    y = np.empty_like(x)
+    v = np.zeros_like(x)
+    sigma_map = np.zeros((batch, *spatial), x.dtype)
     for b in range(batch):
         for j in positions:
             v[(b, *j)] = x[(b, *j)] - weighted(x, b, j)
-        sigma_map = {j: math.sqrt(weighted(v * v, b, j)) for j in positions}
-        mean = sum(sigma_map.values()) / len(positions)
+    for b in range(batch):
         for j in positions:
-            y[(b, *j)] = v[(b, *j)] / max(mean, sigma_map[j], eps)
+            sigma_map[(b, *j)] = math.sqrt(weighted(v * v, b, j))
+    return v, sigma_map
+
+
+def local_contrast_norm(x, size, sigma, eps):
+    """``y = v / max(mean_j sigma_j, sigma, eps)``, the mean over one sample's positions."""
+    v, sigma_map = local_contrast_parts(x, size, sigma)
+    y = np.empty_like(v)
+    for b in range(v.shape[0]):
+        mean = sigma_map[b].mean()
+        for j in itertools.product(*(range(n) for n in v.shape[1:-1])):
+            y[(b, *j)] = v[(b, *j)] / max(mean, sigma_map[(b, *j)], eps)
     return y
 
 
@@ -326,21 +339,28 @@ def local_response_norm_jnp(x, size, alpha=1e-4, beta=0.75, k=1.0):
     return x / (k + alpha / size * total) ** beta
 
 
-def local_contrast_norm_jnp(x, size, sigma, eps):
-    spatial, channels = x.shape[1:-1], x.shape[-1]
+def _lcn_weighted_jnp(a, size, sigma):
+    """``sum_{c, p} w_p a[:, j + p - r, c]`` with ``w_p = G_p / C``, zero padding."""
+    spatial, channels = a.shape[1:-1], a.shape[-1]
     nd = len(spatial)
     w = gaussian_window(size, sigma, nd) / channels
     r = (size - 1) // 2
+    ap = jnp.pad(jnp.sum(a, axis=-1), [(0, 0)] + [(r, r)] * nd)
+    total = 0.0
+    for p in itertools.product(range(size), repeat=nd):
+        index = (slice(None), *(slice(pp, pp + n) for pp, n in zip(p, spatial, strict=True)))
+        total = total + w[p] * ap[index]
+    return total[..., None]
 
-    def weighted(a):  # sum_{c, p} w_p a[:, j + p - r, c], zero padding
-        ap = jnp.pad(jnp.sum(a, axis=-1), [(0, 0)] + [(r, r)] * nd)
-        total = 0.0
-        for p in itertools.product(range(size), repeat=nd):
-            index = (slice(None), *(slice(pp, pp + n) for pp, n in zip(p, spatial, strict=True)))
-            total = total + w[p] * ap[index]
-        return total[..., None]
 
-    v = x - weighted(x)
-    sigma_map = jnp.sqrt(weighted(v * v))
+def local_contrast_subtract_jnp(x, size, sigma):
+    """The subtractive stage ``v = x - sum_{c, p} w_p x_{c, j+p}`` (linear in ``x``)."""
+    return x - _lcn_weighted_jnp(x, size, sigma)
+
+
+def local_contrast_norm_jnp(x, size, sigma, eps):
+    nd = x.ndim - 2
+    v = local_contrast_subtract_jnp(x, size, sigma)
+    sigma_map = jnp.sqrt(_lcn_weighted_jnp(v * v, size, sigma))
     mean = jnp.mean(sigma_map, axis=tuple(range(1, nd + 1)), keepdims=True)
     return v / jnp.maximum(jnp.maximum(mean, sigma_map), eps)
