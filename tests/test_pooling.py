@@ -357,6 +357,32 @@ def test_max_pool_integer_input_and_switch_dtype():
     assert switch.dtype == jnp.int8
 
 
+def test_lp_pool_zero_window_has_zero_gradient():
+    # y = 0 has no derivative for p > 1; the custom rule defines it as 0 (autodiff gives nan).
+    x = np.concatenate([np.zeros((1, 2, 1)), distinct((1, 4, 1), positive=True)], axis=1)
+    g = np.ones((1, 3, 1))
+    (y, dx), (_, dx_xla) = vjps(
+        [lambda x: lp_pool(x, 2, 2), lambda x: lp_pool(x, 2, 2, impl="xla")], x, g
+    )
+    assert y[0, 0, 0] == 0
+    np.testing.assert_array_equal(dx[0, :2, 0], [0.0, 0.0])
+    assert_close(dx[:, 2:], dx_xla[:, 2:])
+    assert np.isnan(dx_xla[0, :2, 0]).all()
+
+
+def test_lp_pool_integer_p_accepts_negative_inputs():
+    x = distinct((1, 6, 5, 2))  # values in [-0.5, 0.5)
+    check_lp_pool_signed = [
+        lambda x: lp_pool(x, 2, 2, 1),
+        lambda x: lp_pool(x, 2, 2, 1, impl="xla"),
+    ]
+    g = cotangent((1, 5, 4, 2))
+    (y, dx), (y_xla, dx_xla) = vjps(check_lp_pool_signed, x, g)
+    assert_close(y, ref.lp_pool(x, 2, 2, 1))
+    assert_close(y_xla, y)
+    assert_close(dx, dx_xla)
+
+
 def test_asymmetric_and_same_padding():
     x = distinct((1, 8, 7, 2))
     pad = ((1, 0), (0, 1))

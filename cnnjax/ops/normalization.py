@@ -64,7 +64,9 @@ def local_response_norm(
       x: ``(N, *spatial, C)`` floating array.
       size: number of channels in the window (``>= 1``).
       alpha, beta, k: the constants of the formula (static Python numbers).
-      impl: ``"custom"`` (hand-written VJP) or ``"xla"`` (``lax.reduce_window`` + autodiff).
+      impl: ``"custom"`` (hand-written VJP; reverse mode only: forward mode is impossible
+        through a ``custom_vjp``) or ``"xla"`` (``lax.reduce_window`` + autodiff, forward mode
+        included).
     """
     check_impl(impl)
     x = _floating("local_response_norm", x)
@@ -131,8 +133,10 @@ def local_contrast_norm(
       size: Gaussian window size per spatial dim, odd and ``>= 1`` (the paper uses 9).
       sigma: Gaussian standard deviation in pixels (``> 0``); default ``size / 4``.
       eps: floor on the divisor (``> 0``).
-      impl: ``"custom"`` (hand-written VJP with separable smoothing) or ``"xla"`` (a
-        ``lax.conv_general_dilated`` with the full Gaussian kernel + autodiff).
+      impl: ``"custom"`` (hand-written VJP with separable smoothing; reverse mode only) or
+        ``"xla"`` (a ``lax.conv_general_dilated`` with the full Gaussian kernel + autodiff,
+        forward mode included; its gradient is ``nan`` where ``sigma_j = 0``, the derivative of
+        ``sqrt`` at 0, which the custom rule avoids).
     """
     check_impl(impl)
     x = _floating("local_contrast_norm", x)

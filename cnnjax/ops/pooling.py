@@ -78,8 +78,9 @@ def max_pool(
       dilation: window dilation ``d`` (spacing between window taps).
       ceil_mode: round the output size up (PyTorch's rule; a last window that would start in the
         right padding is dropped).
-      impl: ``"custom"`` (hand-written switch-routing VJP; reverse mode only, see
-        the module docstring) or ``"xla"`` (``lax.reduce_window`` + JAX autodiff; with
+      impl: ``"custom"`` (hand-written switch-routing VJP; reverse mode only: ``jax.jvp`` /
+        ``jax.jacfwd`` cannot go through a ``custom_vjp`` and raise a ``TypeError``) or
+        ``"xla"`` (``lax.reduce_window`` + JAX autodiff, forward mode included; with
         ``dilation > 1`` the forward is a ``reduce_window`` over the stacked dilated taps
         because JAX cannot differentiate a dilated max ``reduce_window``).
 
@@ -126,8 +127,9 @@ def avg_pool(
       x: ``(N, *spatial, C)`` floating array.
       window, stride, padding, ceil_mode: as in :func:`max_pool` (zero padding).
       count_include_pad: whether zero padding counts in the divisor (PyTorch's default True).
-      impl: ``"custom"`` (hand-written VJP; reverse mode only) or ``"xla"``
-        (``lax.reduce_window`` + autodiff).
+      impl: ``"custom"`` (hand-written VJP; reverse mode only: forward mode is impossible
+        through a ``custom_vjp``) or ``"xla"`` (``lax.reduce_window`` + autodiff, forward mode
+        included).
     """
     check_impl(impl)
     x = _floating("avg_pool", x)
@@ -164,16 +166,16 @@ def lp_pool(
 
     Backward (``impl="custom"``): ``dx_i = x_i^(p-1) * sum_{j: i in window j} y_j^(1-p) dy_j``
     (from ``dy/dx_i = x_i^(p-1) y^(1-p)``); where ``y_j == 0`` its term is defined as 0 (the
-    derivative does not exist there for ``p > 1``; this is the subgradient PyTorch's autograd
-    also gives for non-negative inputs). For ``p < 1`` and ``x_i == 0`` the derivative is
-    infinite and the result is ``inf``/``nan``.
+    derivative does not exist there for ``p > 1``; ``impl="xla"`` autodiff gives ``nan``). For
+    ``p < 1`` and ``x_i == 0`` the derivative is infinite and the result is ``inf``/``nan``.
 
     Args:
       x: ``(N, *spatial, C)`` floating array.
       p: the power, a finite number ``> 0`` (``p = 1`` is sum pooling, ``p = 2`` L2 pooling).
       window, stride, ceil_mode: as in :func:`max_pool`.
-      impl: ``"custom"`` (hand-written VJP; reverse mode only) or ``"xla"``
-        (``lax.reduce_window`` + autodiff).
+      impl: ``"custom"`` (hand-written VJP; reverse mode only: forward mode is impossible
+        through a ``custom_vjp``) or ``"xla"`` (``lax.reduce_window`` + autodiff, forward mode
+        included).
     """
     check_impl(impl)
     if isinstance(p, bool) or not isinstance(p, int | float | np.integer | np.floating):
@@ -191,13 +193,15 @@ def lp_pool(
 def global_avg_pool(
     x: jax.typing.ArrayLike, keepdims: bool = False, *, impl: Impl = "custom"
 ) -> jax.Array:
-    """Mean over all spatial positions: ``(N, *spatial, C) -> (N, C)`` (``(N, 1, ..., 1, C)``
-    with ``keepdims``).
+    """Global average pooling: the mean over all spatial positions.
+
+    Shapes: ``(N, *spatial, C) -> (N, C)``, or ``(N, 1, ..., 1, C)`` with ``keepdims``.
 
     .. math:: y_{nc} = \\frac{1}{P} \\sum_{i} x_{n i c}, \\qquad P = \\prod \\text{spatial}
 
     Backward (``impl="custom"``): ``dx_{nic} = dy_{nc} / P`` broadcast over space.
-    ``impl="xla"`` is ``jnp.mean`` + autodiff. Forward mode needs ``impl="xla"``.
+    ``impl="xla"`` is ``jnp.mean`` + autodiff. Forward mode (``jax.jvp``) is impossible through
+    the custom VJP: it needs ``impl="xla"``.
     """
     check_impl(impl)
     x = _floating("global_avg_pool", x)
@@ -211,15 +215,16 @@ def global_avg_pool(
 def global_max_pool(
     x: jax.typing.ArrayLike, keepdims: bool = False, *, impl: Impl = "custom"
 ) -> jax.Array:
-    """Max over all spatial positions: ``(N, *spatial, C) -> (N, C)`` (``(N, 1, ..., 1, C)``
-    with ``keepdims``).
+    """Global max pooling: the max over all spatial positions.
+
+    Shapes: ``(N, *spatial, C) -> (N, C)``, or ``(N, 1, ..., 1, C)`` with ``keepdims``.
 
     .. math:: y_{nc} = \\max_{i} x_{n i c}
 
     Backward (``impl="custom"``): a one-hot at the first argmax (in row-major spatial order):
     ``dx_{nic} = dy_{nc} [i = argmax_i x_{nic}]``. ``impl="xla"`` is ``jnp.max`` + autodiff,
-    which splits the gradient evenly between tied maxima instead. Forward mode needs
-    ``impl="xla"``.
+    which splits the gradient evenly between tied maxima instead. Forward mode (``jax.jvp``)
+    is impossible through the custom VJP: it needs ``impl="xla"``.
     """
     check_impl(impl)
     x = jnp.asarray(x)
