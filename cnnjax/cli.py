@@ -163,7 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(args.workdir, dataset=args.dataset, step=args.step)
     output = pathlib.Path(args.output or pathlib.Path(args.workdir) / "confusion.png")
     plot_confusion(result.confusion, output, title=f"step {result.step}")
-    errors = result.count - int(round(result.accuracy * result.count))
+    errors = result.count - round(result.accuracy * result.count)
     print(
         f"step {result.step}: test accuracy {result.accuracy:.2%} ({errors} errors in "
         f"{result.count}), loss {result.loss:.4f}; confusion matrix {output}"

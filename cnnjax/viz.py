@@ -109,7 +109,7 @@ def plot_confusion(
 def plot_filters(kernel: np.ndarray, output: str | os.PathLike) -> pathlib.Path:
     """First-layer kernels ``(kh, kw, C_in, C_out)`` as a grid (RGB if ``C_in == 3``)."""
     kernel = np.asarray(kernel, np.float32)
-    kh, kw, cin, cout = kernel.shape
+    cin, cout = kernel.shape[2:]
     cols = int(np.ceil(np.sqrt(cout)))
     rows = int(np.ceil(cout / cols))
     plt = _pyplot()

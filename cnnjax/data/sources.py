@@ -404,7 +404,7 @@ def _load_folder(path: str, image_size, resize_mode: str) -> Dataset:
 def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
     import tensorflow_datasets as tfds
 
-    known = set(tfds.list_builders())
+    known = set(tfds.list_builders(with_community_datasets=False))
     if name not in known:
         close = difflib.get_close_matches(name, [*known, "digits", "synthetic"], n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
