@@ -123,8 +123,9 @@ _WORKER = textwrap.dedent(
     out, workdir, *overrides = sys.argv[1:]
     config = default_config()
     apply_overrides(config, [
-        "model=resnet20", "model_overrides.stage_sizes=(1,1,1)", "impl=xla", "dataset=digits", "image_size=8", "batch_size=16",
-        "eval_batch_size=64", "num_steps=3", "optimizer.name=sgd", "optimizer.lr=0.1",
+        "model=resnet20", "model_overrides.stage_sizes=(1,1,1)", "impl=xla", "dataset=digits",
+        "image_size=8", "batch_size=16", "eval_batch_size=64", "num_steps=3",
+        "optimizer.name=sgd", "optimizer.lr=0.1",
         "schedule.name=constant", "log_every_steps=1", *overrides,
     ])
     result = train(config, workdir, verbose=False)

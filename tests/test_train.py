@@ -198,7 +198,7 @@ def test_config_overrides():
     assert config.dataset == "npz:/tmp/x.npz" and config.model_overrides.aux_logits is False
     apply_overrides(config, ["schedule.milestones=5,9"])
     assert config.schedule.milestones == (5, 9)
-    with pytest.raises(ValueError, match="unknown config key 'optimizer.lrr'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'optimizer\.lrr'"):
         apply_overrides(config, ["optimizer.lrr=1"])
     with pytest.raises(ValueError, match="cannot set epochs"):
         apply_overrides(config, ["epochs=many"])

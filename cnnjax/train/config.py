@@ -121,7 +121,8 @@ def apply_overrides(
     """Apply ``["key.sub=value", ...]`` in place and return ``config``.
 
     Values are parsed with ``ast.literal_eval`` (``None``, numbers, booleans, tuples); a string
-    field takes the raw text (``None`` unsets it). Unknown keys are an error, except under ``model_overrides``.
+    field takes the raw text (``None`` unsets it). Unknown keys are an error, except under
+    ``model_overrides``.
     """
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the command lines below are kept whole so they can be copied
 """The same LeNet-5 / MNIST run with the hand-derived custom VJPs and with XLA's autodiff.
 
 Commands (CPU-friendly: a few minutes each), then one plot with both curves:

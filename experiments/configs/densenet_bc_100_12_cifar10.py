@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the command lines below are kept whole so they can be copied
 """DenseNet-BC (L = 100, k = 12) on CIFAR-10 with augmentation (Huang et al. 2017, §4.2).
 
 Command (accelerator; CIFAR-10 prepared as in resnet20_cifar10.py):

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the command lines below are kept whole so they can be copied
 """GoogLeNet with and without its two auxiliary classifiers (Szegedy et al. 2015, §5).
 
 Commands (accelerator), the same run twice, then one plot:

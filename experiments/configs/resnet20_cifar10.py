@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the command lines below are kept whole so they can be copied
 """ResNet-20 on CIFAR-10 (He, Zhang, Ren & Sun 2016, "Deep Residual Learning", §4.2).
 
 Command (needs an accelerator: 64k iterations; CIFAR-10 prepared once with internet access by

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the command lines below are kept whole so they can be copied
 """ResNet-56 on CIFAR-10 (He, Zhang, Ren & Sun 2016, §4.2): the ResNet-20 recipe, deeper.
 
 Command (accelerator; CIFAR-10 prepared as in resnet20_cifar10.py):

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the command lines below are kept whole so they can be copied
 """VGG-16 with batch normalisation on CIFAR-10 (Simonyan & Zisserman 2015 architecture D + BN).
 
 Command (accelerator; CIFAR-10 prepared as in resnet20_cifar10.py):

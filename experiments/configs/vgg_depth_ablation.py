@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the command lines below are kept whole so they can be copied
 """VGG depth ablation: 11 / 13 / 16 / 19 weight layers (Simonyan & Zisserman 2015, Table 3).
 
 Commands (accelerator; CIFAR-10 prepared as in resnet20_cifar10.py), one run per depth, then
