@@ -277,19 +277,52 @@ class _Tracer:
         self.arrays.append((a, field))
 
     def _field_of(self, x) -> _Field | None:
-        """The field of ``x``: by identity, else the newest array of the same shape, else the
-        largest field among arrays of the same spatial size (``x`` was made by a non-module
-        op from them, e.g. ``relu`` or a concatenation)."""
+        """The field of ``x``, which a module received or returned.
+
+        By identity when ``x`` is an array we have seen (a module's output or the model input).
+        Otherwise ``x`` was made by plain ops (``relu``, a residual add, a concatenation, the
+        option-A subsample/pad) from arrays we have seen: walk back through the tracer's
+        producing equations to them and take the largest of their fields (exact for
+        elementwise ops and channel concatenations, which is what runs between modules).
+        Without that tracer graph (a JAX without ``tracer.parent``), guess: the newest array
+        of the same shape, or the largest field of that spatial size made after it.
+        """
         if not _is_array(x) or x.ndim < 3:
             return None
         index = self.by_id.get(id(x))
         if index is not None:
             return self.arrays[index][1]
-        for a, field in reversed(self.arrays):
-            if a.shape == x.shape and field is not None:
-                return field
-        same = [f for a, f in self.arrays if f is not None and a.shape[1:-1] == x.shape[1:-1]]
+        found = self._ancestor_fields(x)
+        if found is not None:
+            return _largest(found)
+        newest = next(
+            (i for i in range(len(self.arrays) - 1, -1, -1) if self.arrays[i][0].shape == x.shape),
+            0,
+        )
+        same = [
+            f for a, f in self.arrays[newest:] if f is not None and a.shape[1:-1] == x.shape[1:-1]
+        ]
         return _largest(same)
+
+    def _ancestor_fields(self, x, limit: int = 100_000) -> list[_Field] | None:
+        """Fields of the nearest seen arrays upstream of ``x`` in the trace; ``None`` when the
+        tracer does not expose its producing equation."""
+        if getattr(x, "parent", None) is None:
+            return None
+        fields, stack, visited = [], [x], set()
+        while stack and len(visited) < limit:
+            tracer = stack.pop()
+            if id(tracer) in visited:
+                continue
+            visited.add(id(tracer))
+            index = self.by_id.get(id(tracer))
+            if index is not None:
+                if self.arrays[index][1] is not None:
+                    fields.append((index, self.arrays[index][1]))
+                continue
+            stack.extend(getattr(getattr(tracer, "parent", None), "in_tracers", ()) or ())
+        # in creation order, so that _largest prefers the downstream one among equals
+        return [f for _, f in sorted(fields, key=lambda item: item[0])]
 
     def final_field(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         for a, field in reversed(self.arrays):
@@ -370,8 +403,12 @@ class _Tracer:
         if index is not None:
             call.field = self.arrays[index][1]
             return
-        # A merge of branches (residual add, concat): the largest field made inside the call,
-        # the newest of equals (it is downstream of the others).
+        found = self._ancestor_fields(y)
+        if found is not None:
+            call.field = _largest(found)
+            return
+        # No tracer graph: a merge of branches (residual add, concat) has the largest field
+        # made inside the call, the newest of equals (it is downstream of the others).
         candidates = [
             f
             for a, f in self.arrays[first_arrays:]
