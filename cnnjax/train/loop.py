@@ -300,10 +300,10 @@ def train(
     initialize_distributed(dist.coordinator, dist.num_processes, dist.process_id)
     workdir = pathlib.Path(workdir).absolute()
     primary = jax.process_index() == 0
+    run = build_run(config)  # validates everything before the workdir is touched
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json(indent=2))
-    run = build_run(config)
     driver = run.driver
 
     def say(text: str) -> None:

@@ -1,0 +1,118 @@
+"""The ``cnnjax`` command: help for every subcommand, train → eval → plot, clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+
+import pytest
+
+from cnnjax.cli import main
+
+SUBCOMMANDS = ("train", "eval", "models", "summary", "plot", "gradcheck", "bench")
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "models", "summary", "plot"])
+def test_each_subcommand_has_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: cnnjax {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["gradcheck", "bench"])
+def test_gradcheck_and_bench_forward_their_arguments(monkeypatch, command):
+    seen = []
+    fake = types.ModuleType(f"cnnjax.{command}")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, f"cnnjax.{command}", fake)
+    assert main([command, "--help", "--op", "conv"]) == 0
+    assert seen == [["--help", "--op", "conv"]]
+
+
+def test_train_lenet5_on_digits_then_eval_and_plot(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    status = main(
+        ["train", "lenet5", "--epochs", "3", "--workdir", str(workdir), "--parallel", "none"]
+    )
+    assert status == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    final = lines[-1]
+    match = re.fullmatch(
+        r"test accuracy ([\d.]+)% \(450 images, loss [\d.]+\); checkpoint (.+)", final
+    )
+    assert match, final
+    assert float(match.group(1)) >= 90.0, final  # 3 epochs; the 10-epoch default reaches ≥ 95 %
+    assert match.group(2) == str(workdir / "checkpoints" / "126")
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in records] == [
+        (e, s) for e in (1, 2, 3) for s in ("train", "test")
+    ]
+    for record in records:
+        assert {"step", "epoch", "split", "loss", "accuracy", "images_per_sec"} <= record.keys()
+
+    assert main(["eval", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert f"test accuracy {match.group(1)}%" in out
+    assert (workdir / "confusion.png").stat().st_size > 1000
+
+    assert main(["plot", str(workdir)]) == 0
+    assert capsys.readouterr().out.strip() == str(workdir / "curves.png")
+    assert (workdir / "curves.png").stat().st_size > 1000
+
+    # Running the same command again resumes at the end: nothing left to train.
+    assert main(["train", "lenet5", "--epochs", "3", "--workdir", str(workdir), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == final.replace(
+        re.search(r" \(450.*\)", final).group(0), ""
+    )
+    assert main(["train", "lenet5", "--workdir", str(workdir), "--no-resume"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_models_lists_names_inputs_and_parameter_counts(capsys):
+    assert main(["models", "lenet"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"lenet5\s+32×32×1\s+60,850", out), out
+
+
+def test_summary_calls_the_summary_module(monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("cnnjax.summary")
+    fake.print_summary = calls.append
+    monkeypatch.setitem(sys.modules, "cnnjax.summary", fake)
+    assert main(["summary", "lenet5"]) == 0
+    assert calls == ["lenet5"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "lenet5", "--set", "optimizer.lrr=1"], "unknown config key 'optimizer.lrr'"),
+        (["train", "lenet5", "--dataset", "mnsit"], "unknown dataset 'mnsit'"),
+        (["train", "lenet_5"], "unknown model 'lenet_5'. Did you mean lenet5"),
+        (
+            ["train", "lenet5", "--batch-size", "12", "--parallel", "sharded"],
+            "batch size 12 is not divisible by the 8 devices",
+        ),
+        (["train", "lenet5", "--dataset", "npz:/nonexistent/x.npz"], "does not exist"),
+        (["eval", "/nonexistent/run"], "is /nonexistent/run a cnnjax training workdir?"),
+    ],
+)
+def test_errors_are_clear_and_exit_2(tmp_path, capsys, argv, message):
+    if argv[0] == "train":
+        argv = [*argv, "--workdir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
