@@ -136,12 +136,6 @@ def _train(args: argparse.Namespace) -> int:
             config.distributed[key] = value
     apply_overrides(config, args.set)
     workdir = pathlib.Path(args.workdir or _default_workdir(config.model, config.dataset))
-    if not config.resume and (workdir / "checkpoints").is_dir():
-        if any((workdir / "checkpoints").iterdir()):
-            raise ValueError(
-                f"--no-resume: {workdir} already holds checkpoints; choose another --workdir "
-                "or delete it"
-            )
     result = train(config, workdir, verbose=not args.quiet)
     if args.quiet:
         if result.interrupted:

@@ -116,3 +116,14 @@ def test_errors_are_clear_and_exit_2(tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err, err
+
+
+def test_viz_filters_and_confusion(tmp_path):
+    import numpy as np
+
+    from cnnjax.viz import plot_confusion, plot_filters
+
+    kernel = np.random.default_rng(0).normal(size=(5, 5, 3, 6)).astype(np.float32)
+    assert plot_filters(kernel, tmp_path / "filters.png").stat().st_size > 500
+    confusion = np.eye(3, dtype=np.int64) * 5 + 1
+    assert plot_confusion(confusion, tmp_path / "cm.png").stat().st_size > 500

@@ -10,7 +10,9 @@
   already consumed, and step ``t``'s randomness is ``fold_in(rng, t)``, so an interrupted and
   resumed run ends with exactly the parameters of an uninterrupted one.
 * SIGTERM / SIGINT finish the current step, save a checkpoint, and return normally (the CLI
-  exits 0); a second SIGINT interrupts at once.
+  exits 0); a second SIGINT interrupts at once. In a multi-process run every process must get
+  the signal (as schedulers send it): the stop is not negotiated between processes.
+* ``resume=False`` refuses a workdir that already holds checkpoints rather than mixing runs.
 
 :func:`evaluate` restores a run's latest checkpoint and scores it on a split, with predictions
 for a confusion matrix.
@@ -301,6 +303,12 @@ def train(
     workdir = pathlib.Path(workdir).absolute()
     primary = jax.process_index() == 0
     run = build_run(config)  # validates everything before the workdir is touched
+    old = workdir / "checkpoints"
+    if not config.resume and old.is_dir() and any(old.iterdir()):
+        raise ValueError(
+            f"resume=False but {workdir} already holds checkpoints; choose another workdir or "
+            "delete it"
+        )
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json(indent=2))
