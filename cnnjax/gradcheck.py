@@ -263,8 +263,11 @@ def check_op(op: str, cases: int, seed: int) -> OpResult:
         cotangent = jnp.asarray(rng.standard_normal(y_custom.shape))
         argnums = tuple(range(len(arrays)))
 
-        def vjp(impl, case=case, cotangent=cotangent):
-            return jax.grad(lambda *a: jnp.vdot(case.call(*a, impl=impl), cotangent), argnums)
+        def vjp(impl, case=case, cotangent=cotangent, argnums=argnums):
+            def loss(*inputs):
+                return jnp.vdot(case.call(*inputs, impl=impl), cotangent)
+
+            return jax.grad(loss, argnums)
 
         grads_custom, grads_xla = vjp("custom")(*arrays), vjp("xla")(*arrays)
         forward = relative_error(y_custom, y_xla)

@@ -68,7 +68,9 @@ def conv_transpose_reference(
     c_in_g = c_in // groups
     full = [
         (n - 1) * s + d * (k - 1) + 1 + op
-        for n, s, d, k, op in zip(x.shape[1:-1], stride, dilation, kernel, output_padding, strict=True)
+        for n, s, d, k, op in zip(
+            x.shape[1:-1], stride, dilation, kernel, output_padding, strict=True
+        )
     ]
     y = jnp.zeros((x.shape[0], *full, c_out_g * groups), jnp.result_type(x, w))
     n_in = x.shape[1:-1]

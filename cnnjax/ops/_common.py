@@ -43,11 +43,16 @@ def conv_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
     )
 
 
-def call_custom_vjp(fn, *args):
-    """Call a ``jax.custom_vjp`` function, turning JAX's forward-mode error into a clear one."""
+def call_custom_vjp(op: str, fn, *args):
+    """Call a custom-VJP function, turning JAX's forward-mode error into one naming ``op``.
+
+    Catches the error when it is raised eagerly (``jax.jvp`` outside ``jit``); inside a ``jit``
+    JAX raises its own "can't apply forward-mode autodiff (jvp) to a custom_vjp function" later,
+    at lowering.
+    """
     try:
         return fn(*args)
     except TypeError as err:
-        if "forward-mode" in str(err) or "jvp" in str(err):
-            raise TypeError(FORWARD_MODE_MESSAGE) from err
+        if "forward-mode" in str(err) and "custom_vjp" in str(err):
+            raise TypeError(f"{op}: {FORWARD_MODE_MESSAGE}") from err
         raise

@@ -67,7 +67,8 @@ def conv(
 ) -> jax.Array:
     """N-d convolution (cross-correlation, as in every deep-learning library), channels-last.
 
-    .. math:: y[n, o, c_o] = b[c_o] + \\sum_{k, c_i} x_{pad}[n, o s + k d, g(c_o) + c_i]\\, w[k, c_i, c_o]
+    .. math::
+        y[n, o, c_o] = b[c_o] + \\sum_{k, c_i} x_{pad}[n, o s + k d, g(c_o) + c_i]\\, w[k, c_i, c_o]
 
     Args:
       x: ``(N, *spatial, C_in)`` with 1, 2 or 3 spatial dims.
@@ -109,7 +110,7 @@ def conv(
     x, w, b = _promote(x, w, b, op="conv")
     if impl == "xla":
         return _add_bias(_conv_forward(x, w, stride_t, pads, dilation_t, groups), b)
-    return call_custom_vjp(_conv_custom, x, w, b, stride_t, pads, dilation_t, groups)
+    return call_custom_vjp("conv", _conv_custom, x, w, b, stride_t, pads, dilation_t, groups)
 
 
 def conv_transpose(
@@ -182,7 +183,7 @@ def conv_transpose(
     args = (tuple(out_spatial), stride_t, conv_pads, dilation_t, groups)
     if impl == "xla":
         return _add_bias(_conv_input_grad(x, w_conv, *args), b)
-    return call_custom_vjp(_conv_transpose_custom, x, w_conv, b, *args)
+    return call_custom_vjp("conv_transpose", _conv_transpose_custom, x, w_conv, b, *args)
 
 
 def depthwise_conv(
@@ -235,9 +236,7 @@ def separable_conv(
     ``(1, ..., 1, C * multiplier, C_out)``; ``b``: optional ``(C_out,)`` added after the
     pointwise conv. Returns ``(N, *out, C_out)``.
     """
-    h = depthwise_conv(
-        x, w_depthwise, stride=stride, padding=padding, dilation=dilation, impl=impl
-    )
+    h = depthwise_conv(x, w_depthwise, stride=stride, padding=padding, dilation=dilation, impl=impl)
     return conv(h, w_pointwise, b, impl=impl)
 
 
@@ -311,7 +310,9 @@ def _conv_weight_grad(
     dilation: tuple,
     groups: int,
 ) -> jax.Array:
-    """``dw`` of ``y = _conv_forward(x, w)``: ``dw[k, ci, co] = sum_{n,o} x_pad[n, o*s + k*d, ci] g[n, o, co]``.
+    """``dw`` of ``y = _conv_forward(x, w)``.
+
+    ``dw[k, ci, co] = sum_{n, o} x_pad[n, o*s + k*d, ci] g[n, o, co]``.
 
     A correlation of the input with the output grad in which the batch is the contracted
     "feature" axis, the input channels play the batch, the output grad is dilated by the
@@ -475,4 +476,3 @@ def _add_bias(y, b):
 def _bias_grad(g, b):
     """dL/db = sum of the output grad over batch and space (``None`` when there is no bias)."""
     return None if b is None else jnp.sum(g, axis=tuple(range(g.ndim - 1)))
-

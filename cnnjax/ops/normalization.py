@@ -19,8 +19,8 @@ import numpy as np
 from jax import lax
 
 from cnnjax.ops._common import (
-    FORWARD_MODE_MESSAGE,
     Impl,
+    call_custom_vjp,
     check_impl,
     conv_dimension_numbers,
     spatial_ndim,
@@ -81,7 +81,7 @@ def local_response_norm(
     )
     if impl == "xla":
         return _lrn_forward(x, cfg)
-    return _call_custom("local_response_norm", _lrn_jit, x, cfg)
+    return call_custom_vjp("local_response_norm", _lrn_jit, x, cfg)
 
 
 def local_contrast_norm(
@@ -157,7 +157,7 @@ def local_contrast_norm(
     cfg = _LcnConfig(nd, int(size), float(sigma), float(eps))
     if impl == "xla":
         return _lcn_xla(x, cfg)
-    return _call_custom("local_contrast_norm", _lcn_jit, x, cfg)
+    return call_custom_vjp("local_contrast_norm", _lcn_jit, x, cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,16 +179,6 @@ def _number(op: str, name: str, value) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{op}: {name} must be finite, got {name}={value!r}")
     return value
-
-
-def _call_custom(op: str, fn, x: jax.Array, cfg):
-    """Call a jitted custom-VJP op; JAX's eager forward-mode error becomes one naming the op."""
-    try:
-        return fn(x, cfg)
-    except TypeError as err:
-        if "forward-mode" in str(err) and "custom_vjp" in str(err):
-            raise TypeError(f"{op}: {FORWARD_MODE_MESSAGE}") from err
-        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cnnjax.ops._common import FORWARD_MODE_MESSAGE, Impl, check_impl, spatial_ndim
+from cnnjax.ops._common import Impl, call_custom_vjp, check_impl, spatial_ndim
 from cnnjax.shapes import Padding, canonicalize_padding, canonicalize_tuple, pool_output_size
 
 __all__ = ["avg_pool", "global_avg_pool", "global_max_pool", "lp_pool", "max_pool"]
@@ -94,7 +94,7 @@ def max_pool(
     )
     if impl == "xla":
         return _max_pool_xla(x, geom)
-    return _call_custom("max_pool", _max_pool_jit, x, geom)
+    return call_custom_vjp("max_pool", _max_pool_jit, x, geom)
 
 
 def avg_pool(
@@ -139,7 +139,7 @@ def avg_pool(
     cfg = _AvgConfig(geom, bool(count_include_pad))
     if impl == "xla":
         return _avg_pool_xla(x, cfg)
-    return _call_custom("avg_pool", _avg_pool_jit, x, cfg)
+    return call_custom_vjp("avg_pool", _avg_pool_jit, x, cfg)
 
 
 def lp_pool(
@@ -187,7 +187,7 @@ def lp_pool(
     cfg = _LpConfig(geom, float(p))
     if impl == "xla":
         return _lp_pool_xla(x, cfg)
-    return _call_custom("lp_pool", _lp_pool_jit, x, cfg)
+    return call_custom_vjp("lp_pool", _lp_pool_jit, x, cfg)
 
 
 def global_avg_pool(
@@ -209,7 +209,7 @@ def global_avg_pool(
     if impl == "xla":
         return jnp.mean(x, axis=tuple(range(1, nd + 1)), keepdims=bool(keepdims))
     cfg = _GlobalConfig(tuple(x.shape), bool(keepdims))
-    return _call_custom("global_avg_pool", _global_avg_pool_jit, x, cfg)
+    return call_custom_vjp("global_avg_pool", _global_avg_pool_jit, x, cfg)
 
 
 def global_max_pool(
@@ -232,7 +232,7 @@ def global_max_pool(
     if impl == "xla":
         return jnp.max(x, axis=tuple(range(1, nd + 1)), keepdims=bool(keepdims))
     cfg = _GlobalConfig(tuple(x.shape), bool(keepdims))
-    return _call_custom("global_max_pool", _global_max_pool_jit, x, cfg)
+    return call_custom_vjp("global_max_pool", _global_max_pool_jit, x, cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,18 +632,3 @@ def _global_max_pool_bwd(cfg: _GlobalConfig, argmax: jax.Array, g: jax.Array):
 
 _global_max_pool_custom.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
 _global_max_pool_jit = jax.jit(_global_max_pool_custom, static_argnums=1)
-
-
-def _call_custom(op: str, fn, x: jax.Array, cfg):
-    """Call a jitted custom-VJP op, turning JAX's forward-mode error into one naming the op.
-
-    Only catches the error when it is raised eagerly (``jax.jvp`` outside ``jit``); inside a
-    ``jit`` JAX raises its own "can't apply forward-mode autodiff (jvp) to a custom_vjp
-    function" later, at lowering.
-    """
-    try:
-        return fn(x, cfg)
-    except TypeError as err:
-        if "forward-mode" in str(err) and "custom_vjp" in str(err):
-            raise TypeError(f"{op}: {FORWARD_MODE_MESSAGE}") from err
-        raise
