@@ -207,7 +207,18 @@ def test_config_overrides():
 
 
 def test_experiment_configs_load_and_name_registered_models():
-    assert len(CONFIGS) >= 10, [c.name for c in CONFIGS]
+    expected = {
+        "lenet5_digits",
+        "lenet5_mnist",
+        "resnet20_cifar10",
+        "resnet56_cifar10",
+        "vgg16_bn_cifar10",
+        "densenet_bc_100_12_cifar10",
+        "vgg_depth_ablation",
+        "googlenet_aux",
+        "custom_vs_xla",
+    }
+    assert expected <= {c.stem for c in CONFIGS}
     for path in CONFIGS:
         config = load_config(path)
         text = path.read_text()
@@ -215,3 +226,25 @@ def test_experiment_configs_load_and_name_registered_models():
         assert config.model in list_models(), path.name
         default = default_config()
         assert set(config.keys()) == set(default.keys()), path.name
+    assert (
+        load_config(f"{CONFIGS[0].parent / 'vgg_depth_ablation.py'}:vgg19_bn").model == "vgg19_bn"
+    )
+    assert not load_config(
+        f"{CONFIGS[0].parent / 'googlenet_aux.py'}:noaux"
+    ).model_overrides.aux_logits
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_experiment_configs_build(path):
+    """Data, model, optimiser and driver of every config build (CIFAR under TFDS mock data)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from cnnjax.train import build_run
+
+    config = load_config(path)
+    config.parallel = "none"
+    if config.dataset.startswith("npz:") and not pathlib.Path(config.dataset[4:]).exists():
+        config.dataset = "digits"
+    with tfds.testing.mock_data(num_examples=256):
+        run = build_run(config)
+    assert run.total_steps > 0 and run.steps_per_epoch > 0
+    assert run.dataset.num_classes == 10
