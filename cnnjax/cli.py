@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-resume", action="store_true", help="refuse to resume (workdir must be fresh)"
     )
-    p.add_argument("--coordinator", help="multi-process: coordinator host:port")
+    p.add_argument(
+        "--coordinator", help="multi-process: coordinator host:port, or auto (SLURM, TPU, MPI)"
+    )
     p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
     p.add_argument("--process-id", type=int, help="multi-process: this process's index")
     p.add_argument("--quiet", action="store_true", help="print only the final line")

@@ -47,10 +47,14 @@ def initialize_distributed(
     """Call ``jax.distributed.initialize`` when a multi-process run is asked for.
 
     Arguments fall back to ``CNNJAX_COORDINATOR``, ``CNNJAX_NUM_PROCESSES`` and
-    ``CNNJAX_PROCESS_ID``. Returns whether initialisation happened (``False`` for one process).
-    CPU processes exchange collectives over gloo.
+    ``CNNJAX_PROCESS_ID``; ``coordinator="auto"`` lets JAX detect the cluster (SLURM, Cloud TPU,
+    MPI) by itself. Returns whether initialisation happened (``False`` for one process). CPU
+    processes exchange collectives over gloo.
     """
     coordinator = coordinator or os.environ.get("CNNJAX_COORDINATOR")
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return True
     if num_processes is None and os.environ.get("CNNJAX_NUM_PROCESSES"):
         num_processes = int(os.environ["CNNJAX_NUM_PROCESSES"])
     if process_id is None and os.environ.get("CNNJAX_PROCESS_ID"):
