@@ -25,6 +25,7 @@ from cnnjax.models.torch_weights import SUPPORTED_MODELS, from_torch_state_dict 
 # Logits are scaled to max |logit| = 1 (see _compare); float32 rounding through ~10-120 layers,
 # in a different summation order on each side, stays below this.
 ATOL = 1e-5
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,8 +233,10 @@ def _compare(name: str, torch_model: nn.Module, size: int, impl: str = "custom",
     model = create_model(name, num_classes=expected.shape[1], impl=impl, **kwargs)
     x_nhwc = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
     # Jitted: one compile of the whole net is several times faster than eager dispatch, which
-    # compiles every op of a new shape on its own (DenseNet-121 has hundreds).
-    got = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x_nhwc))
+    # compiles every op of a new shape on its own (DenseNet-121 has hundreds); and without
+    # XLA's CPU optimisation passes, which cost more compile time than they save on one run.
+    apply = jax.jit(functools.partial(model.apply, train=False))
+    got = np.asarray(apply.lower(variables, x_nhwc).compile(FAST_COMPILE)(variables, x_nhwc))
     assert got.dtype == np.float32
     error = float(np.max(np.abs(got - expected)))
     print(f"{name} ({impl}, {size}x{size}): max |jax - torch| = {error:.2e}")
