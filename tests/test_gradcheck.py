@@ -1,0 +1,61 @@
+"""`cnnjax gradcheck` and `cnnjax bench ops` run, and gradcheck fails on a wrong rule."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax import gradcheck
+from cnnjax.bench import ops as bench_ops
+
+
+def test_gradcheck_passes_on_every_op(capsys):
+    assert gradcheck.main(["--cases", "2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    for op in gradcheck.SWEEPS:
+        assert op in out
+    assert "OK: every custom VJP equals autodiff" in out
+
+
+def test_gradcheck_fails_on_a_wrong_backward_rule(monkeypatch, capsys):
+    import jax
+
+    @jax.custom_vjp
+    def square(x):
+        return x**2
+
+    square.defvjp(lambda x: (x**2, x), lambda x, g: (g * x,))  # wrong: should be 2 g x
+
+    def case(rng):
+        x = rng.standard_normal((2, 3))
+        return gradcheck.Case(
+            "square", (x,), lambda x, impl: square(x) if impl == "custom" else x**2
+        )
+
+    monkeypatch.setitem(gradcheck.SWEEPS, "conv", case)
+    assert gradcheck.main(["--ops", "conv", "--cases", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL conv" in out
+
+
+def test_relative_error():
+    assert gradcheck.relative_error(jnp.ones(3), jnp.ones(3)) == 0.0
+    np.testing.assert_allclose(
+        gradcheck.relative_error(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])), 0.5
+    )
+
+
+def test_bench_ops_runs_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert (
+        bench_ops.main(
+            ["--batch", "1", "--repeats", "1", "--only", "global_avg", "--json", str(path)]
+        )
+        == 0
+    )
+    rows = json.loads(path.read_text())["results"]
+    assert [r["workload"] for r in rows] == ["global_avg_pool 7x7x512"]
+    assert rows[0]["ratio fwd+bwd"] > 0
+    assert "ratio" in capsys.readouterr().out
