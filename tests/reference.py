@@ -38,20 +38,17 @@ def conv_reference(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
         for n, (lo, hi), k, s, d in zip(x.shape[1:-1], pads, kernel, stride, dilation, strict=True)
     ]
     c_in_g, c_out = w.shape[-2], w.shape[-1]
-    c_out_g = c_out // groups
-    y = jnp.zeros((x.shape[0], *out, c_out), jnp.result_type(x, w))
+    taps = []  # x_pad[n, o*s + k*d, :] for every kernel offset k
     for offset in itertools.product(*(range(k) for k in kernel)):
         index = tuple(
             slice(o_k * d, o_k * d + (o - 1) * s + 1, s)
             for o_k, d, o, s in zip(offset, dilation, out, stride, strict=True)
         )
-        patch = x_pad[(slice(None), *index)]  # (N, *O, C_in): x_pad[n, o*s + k*d, :]
-        parts = []
-        for g in range(groups):
-            xg = patch[..., g * c_in_g : (g + 1) * c_in_g]
-            wg = w[(*offset, slice(None), slice(g * c_out_g, (g + 1) * c_out_g))]
-            parts.append(jnp.tensordot(xg, wg, axes=1))
-        y = y + jnp.concatenate(parts, axis=-1)
+        taps.append(x_pad[(slice(None), *index)])
+    # (K, N, *O, G, C_in/G) . (K, C_in/G, G, C_out/G) summed over K and C_in/G, per group G
+    patches = jnp.stack(taps).reshape(len(taps), x.shape[0], *out, groups, c_in_g)
+    w_groups = w.reshape(len(taps), c_in_g, groups, c_out // groups)
+    y = jnp.einsum("kn...gi,kigo->n...go", patches, w_groups).reshape(x.shape[0], *out, c_out)
     return y if b is None else y + b
 
 
@@ -72,19 +69,19 @@ def conv_transpose_reference(
             x.shape[1:-1], stride, dilation, kernel, output_padding, strict=True
         )
     ]
-    y = jnp.zeros((x.shape[0], *full, c_out_g * groups), jnp.result_type(x, w))
     n_in = x.shape[1:-1]
-    for offset in itertools.product(*(range(k) for k in kernel)):
+    # every input pixel's contribution through every tap: (K, N, *I, G, C_out/G)
+    w_groups = w.reshape(-1, groups, c_in_g, c_out_g)
+    x_groups = x.reshape(*x.shape[:-1], groups, c_in_g)
+    contributions = jnp.einsum("n...gi,kgio->kn...go", x_groups, w_groups)
+    contributions = contributions.reshape(*contributions.shape[:-2], groups * c_out_g)
+    y = jnp.zeros((x.shape[0], *full, c_out_g * groups), jnp.result_type(x, w))
+    for k_index, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
         index = tuple(
             slice(o_k * d, o_k * d + (n - 1) * s + 1, s)
             for o_k, d, n, s in zip(offset, dilation, n_in, stride, strict=True)
         )
-        parts = []
-        for g in range(groups):
-            xg = x[..., g * c_in_g : (g + 1) * c_in_g]
-            wg = w[(*offset, slice(g * c_in_g, (g + 1) * c_in_g), slice(None))]
-            parts.append(jnp.tensordot(xg, wg, axes=1))
-        y = y.at[(slice(None), *index)].add(jnp.concatenate(parts, axis=-1))
+        y = y.at[(slice(None), *index)].add(contributions[k_index])
     crop = tuple(slice(lo, f - hi) for (lo, hi), f in zip(pads, full, strict=True))
     y = y[(slice(None), *crop)]
     return y if b is None else y + b

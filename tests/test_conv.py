@@ -282,13 +282,13 @@ def _check_against_references(op, reference, x_shape, w_shape, c_out, kwargs, se
             assert_rel_close(c, r, what=f"{name} custom vs {ref}")
 
 
-@settings(max_examples=100)
+@settings(max_examples=80)
 @given(conv_configs(), st.integers(0, 2**16))
 def test_conv_hypothesis(config, seed):
     _check_against_references(ops.conv, conv_reference, *config, seed)
 
 
-@settings(max_examples=60)
+@settings(max_examples=50)
 @given(conv_configs(transpose=True), st.integers(0, 2**16))
 def test_conv_transpose_hypothesis(config, seed):
     _check_against_references(ops.conv_transpose, conv_transpose_reference, *config, seed)
