@@ -96,8 +96,7 @@ def check_input_size(x: jax.Array, *, model: str, min_size: int) -> None:
     Models call this first in ``__call__`` so that a too-small image fails with the model's
     minimum input size instead of deep inside an op. ``x`` is ``(N, *spatial, C)``.
     """
-    spatial = tuple(x.shape[1:-1])
-    if x.ndim < 3 or min(spatial) < min_size:
+    if x.ndim < 3 or min(x.shape[1:-1]) < min_size:
         raise ValueError(
             f"{model} needs inputs of shape (N, H, W, C) with H, W >= {min_size} "
             f"(its minimum input size is {min_size}x{min_size}); got {tuple(x.shape)}"
@@ -518,7 +517,9 @@ class AdaptiveAvgPool(_NoParams):
             return ops.avg_pool(x, window, window, impl=self.impl)
         for axis, (n, o) in enumerate(zip(spatial, output_size, strict=True), start=1):
             matrix = jnp.asarray(_adaptive_average_matrix(n, o), x.dtype)
-            x = jnp.moveaxis(jnp.tensordot(x, matrix, axes=([axis], [1])), -1, axis)
+            # HIGHEST: an average must stay exact on accelerators (no bf16 passes).
+            y = jnp.tensordot(x, matrix, axes=([axis], [1]), precision=jax.lax.Precision.HIGHEST)
+            x = jnp.moveaxis(y, -1, axis)
         return x
 
 

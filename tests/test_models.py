@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cnnjax.ops
 from cnnjax.models import create_model, get_model_info, list_models
 
 BATCH = 2
@@ -164,9 +165,23 @@ def test_parameter_count(name):
     assert _param_count(variables["params"]) == EXPECTED_PARAMS[name]
 
 
+def _spy(op, calls):
+    """``op`` recording ``(name, impl)`` of each call in ``calls``."""
+
+    def spy(*args, **kwargs):
+        calls.append((op.__name__, kwargs.get("impl", "custom (default)")))
+        return op(*args, **kwargs)
+
+    return spy
+
+
 @pytest.mark.parametrize("name", list_models())
-def test_output_shapes(name):
-    model = _model(name)
+def test_output_shapes_and_impl_threading(name, monkeypatch):
+    """Eval and train outputs have the right shapes, and ``impl`` reaches every op call."""
+    calls = []
+    for op_name in cnnjax.ops.__all__:
+        monkeypatch.setattr(cnnjax.ops, op_name, _spy(getattr(cnnjax.ops, op_name), calls))
+    model = _model(name, impl="xla")
     x = _input(name, dtype=jnp.float32)
     variables = _abstract_variables(model, x)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables["params"]))
@@ -177,6 +192,8 @@ def test_output_shapes(name):
             assert [a.shape for a in aux] == [(BATCH, NUM_CLASSES)] * 2
         assert out.shape == (BATCH, NUM_CLASSES)
         assert out.dtype == jnp.float32
+    assert calls, "no cnnjax.ops call was seen"
+    assert all(impl == "xla" for _, impl in calls), [c for c in calls if c[1] != "xla"]
 
 
 def test_unknown_name_lists_valid_choices():
@@ -263,13 +280,11 @@ def test_compute_dtype_bfloat16():
 class _Run:
     """Float64 variables, outputs and gradients of one model under one impl."""
 
-    def __init__(self, name: str, variables=None):
+    def __init__(self, name: str):
         self.name = name
         x = _input(name)
         model = _model(name)
-        if variables is None:
-            variables = _init(model, x)
-            variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _init(model, x))
         self.variables = variables
         self.train = "batch_stats" not in variables
         shapes = jax.eval_shape(lambda v: _apply(model, v, x, self.train), variables)
