@@ -23,9 +23,9 @@
   on their own GPU; conv3 and the dense layers communicate). LRN uses the paper's
   ``k=2, n=5, alpha=1e-4, beta=0.75`` (§3.3) and follows the ReLU. The paper's formula has
   ``k + alpha * sum a^2``; :func:`~cnnjax.ops.local_response_norm` (like PyTorch and Caffe)
-  divides ``alpha`` by ``n``, so we pass ``alpha = 5e-4`` (Caffe's and torchvision-era
-  reference models pass ``1e-4``, a 5× weaker normalisation than the paper's). Dropout 0.5 is applied to
-  the outputs of fc6 and fc7 (§4.2, "the first two fully-connected layers"). Init as §5:
+  divides ``alpha`` by ``n``, so we pass ``alpha = 5e-4`` (Caffe's reference ``bvlc_alexnet``
+  passes ``1e-4``, a 5× weaker normalisation than the paper's). Dropout 0.5 is applied to the
+  outputs of fc6 and fc7 (§4.2, "the first two fully-connected layers"). Init as §5:
   weights ``N(0, 0.01)``, biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
   Parameters with 1000 classes: 60,965,224.
 
