@@ -248,3 +248,31 @@ def test_experiment_configs_build(path):
         run = build_run(config)
     assert run.total_steps > 0 and run.steps_per_epoch > 0
     assert run.dataset.num_classes == 10
+
+
+def test_metrics_writer_writes_jsonl_and_tensorboard_events(tmp_path):
+    """metrics.jsonl always; TensorBoard event files when tensorboardX is installed."""
+    from cnnjax.train import MetricsWriter, read_metrics
+
+    writer = MetricsWriter(tmp_path)
+    for step, accuracy in ((10, 0.5), (20, 0.75)):
+        writer.write(
+            {
+                "step": step,
+                "epoch": step // 10,
+                "split": "test",
+                "loss": 1.0 / step,
+                "accuracy": accuracy,
+                "images_per_sec": 100.0,
+            }
+        )
+    writer.close()
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [10, 20]
+    assert records[1]["accuracy"] == 0.75 and records[1]["split"] == "test"
+    pytest.importorskip("tensorboardX")
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    # the scalar tags are in the event file (a TFRecord of Event protos)
+    content = events[0].read_bytes()
+    assert b"test/accuracy" in content and b"test/loss" in content
