@@ -1,6 +1,7 @@
 """Benchmark: every op, custom VJP vs XLA autodiff, side by side (same as `cnnjax bench ops`).
 
-    python experiments/bench_ops.py --batch 8 --repeats 15 --json experiments/results/bench_ops_cpu.json
+    python experiments/bench_ops.py --batch 8 --repeats 15 \\
+        --json experiments/results/bench_ops_cpu.json
 """
 
 import sys

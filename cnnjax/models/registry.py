@@ -78,9 +78,7 @@ def get_model_info(name: str) -> ModelInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}"
-        )
+        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
