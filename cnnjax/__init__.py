@@ -22,17 +22,39 @@ from cnnjax.ops import (
 
 __version__ = "0.1.0"
 
+# Imported on first use, so that ``import cnnjax`` stays as light as the ops (no Flax, no models).
+_LAZY = {
+    "summary": ("cnnjax.model_summary", "summary"),
+    "print_summary": ("cnnjax.model_summary", "print_summary"),
+    "create_model": ("cnnjax.models", "create_model"),
+    "list_models": ("cnnjax.models", "list_models"),
+}
+
+
+def __getattr__(name: str):
+    """``cnnjax.summary(model, input_shape)``, ``cnnjax.create_model(name)``, … (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'cnnjax' has no attribute {name!r}")
+
 __all__ = [
     "avg_pool",
     "conv",
     "conv_transpose",
+    "create_model",
     "depthwise_conv",
     "global_avg_pool",
     "global_max_pool",
+    "list_models",
     "local_contrast_norm",
     "local_response_norm",
     "lp_pool",
     "max_pool",
+    "print_summary",
     "separable_conv",
     "shapes",
+    "summary",
 ]

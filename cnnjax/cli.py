@@ -195,7 +195,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from cnnjax.summary import print_summary
+    from cnnjax.model_summary import print_summary
 
     print_summary(args.model)
     return 0

@@ -89,9 +89,9 @@ def test_models_lists_names_inputs_and_parameter_counts(capsys):
 
 def test_summary_calls_the_summary_module(monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("cnnjax.summary")
+    fake = types.ModuleType("cnnjax.model_summary")
     fake.print_summary = calls.append
-    monkeypatch.setitem(sys.modules, "cnnjax.summary", fake)
+    monkeypatch.setitem(sys.modules, "cnnjax.model_summary", fake)
     assert main(["summary", "lenet5"]) == 0
     assert calls == ["lenet5"]
 

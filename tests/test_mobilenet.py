@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cnnjax import ops
+from cnnjax.model_summary import summary
 from cnnjax.models import SeparableBlock, create_model
-from cnnjax.summary import summary
 
 
 def _shapes(module: nn.Module, x):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from cnnjax import ops
+from cnnjax.model_summary import summary
 from cnnjax.models import BottleneckBlock, ResNetBlock, create_model, get_model_info
 from cnnjax.models.resnet import option_a_shortcut
-from cnnjax.summary import summary
 
 
 def _variable_shapes(name: str, shape=(32, 32, 3), **kwargs):

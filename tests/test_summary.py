@@ -15,8 +15,8 @@ import pytest
 
 from cnnjax import shapes
 from cnnjax.layers import Conv, MaxPool
+from cnnjax.model_summary import print_summary, summary
 from cnnjax.models import LENET5_C3_TABLE, create_model, list_models
-from cnnjax.summary import print_summary, summary
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "architectures.md"
 
@@ -221,3 +221,14 @@ def test_docs_compose_your_own_example_runs(capsys):
     assert namespace["result"].total_params == sum(
         math.prod(a.shape) for a in jax.tree.leaves(namespace["variables"]["params"])
     )
+
+
+def test_top_level_summary_api():
+    """``cnnjax.summary(model, input_shape)`` and friends are reachable from the top level."""
+    import cnnjax
+
+    model = cnnjax.create_model("lenet5", num_classes=10)
+    result = cnnjax.summary(model, (32, 32, 1), print_fn=lambda *_: None)
+    assert result.total_params == 60_850  # LeNet-5 with a 10-way softmax output
+    assert "lenet5" in cnnjax.list_models()
+    assert cnnjax.print_summary is print_summary
