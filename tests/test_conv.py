@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_rel_close
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
@@ -17,16 +18,6 @@ from reference import conv_reference, conv_reference_numpy, conv_transpose_refer
 
 import cnnjax
 from cnnjax import ops, shapes
-
-RTOL = 1e-10
-
-
-def assert_rel_close(actual, expected, rtol=RTOL, what=""):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    scale = max(np.max(np.abs(expected)), 1e-300)
-    err = np.max(np.abs(actual - expected)) / scale if actual.size else 0.0
-    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
 
 
 def random_arrays(seed, *shapes_):

@@ -10,35 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference_pooling as ref
+from helpers import assert_close, vjps
 from jax.test_util import check_grads
 
 from cnnjax.ops import local_contrast_norm, local_response_norm
 
-RTOL = 1e-10
-
 
 def random(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
-
-
-def assert_close(actual, expected, rtol=RTOL):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
-
-
-def vjps(fs, x, g):
-    """``[(f(x), g^T df/dx) for f in fs]`` in a single jit (compilation dominates these tests)."""
-
-    def run(x, g):
-        out = []
-        for f in fs:
-            y, pullback = jax.vjp(f, x)
-            out.append((y, pullback(g)[0]))
-        return out
-
-    return jax.jit(run)(jnp.asarray(x), jnp.asarray(g))
 
 
 # --------------------------------------------------------------------------------------------

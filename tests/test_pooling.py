@@ -13,14 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference_pooling as ref
+from helpers import assert_close, vjp, vjps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from cnnjax.ops import avg_pool, global_avg_pool, global_max_pool, lp_pool, max_pool
 from cnnjax.ops import pooling as pooling_module
-
-RTOL = 1e-10
 
 
 def distinct(shape, seed=0, positive=False):
@@ -33,32 +32,6 @@ def distinct(shape, seed=0, positive=False):
 
 def cotangent(shape, seed=1):
     return np.random.default_rng(seed).standard_normal(shape)
-
-
-def assert_close(actual, expected, rtol=RTOL):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
-
-
-def vjp(f, x, g):
-    """``(f(x), g^T df/dx)`` in one jit (one compilation instead of one per eager op)."""
-    return vjps([f], x, g)[0]
-
-
-def vjps(fs, x, g):
-    """``[(f(x), g^T df/dx) for f in fs]``, all in a single jit: compiling dominates the cost of
-    these tiny tests, and one compilation per configuration keeps hypothesis affordable."""
-
-    def run(x, g):
-        out = []
-        for f in fs:
-            y, pullback = jax.vjp(f, x)
-            out.append((y, pullback(g)[0]))
-        return out
-
-    return jax.jit(run)(jnp.asarray(x), jnp.asarray(g))
 
 
 # --------------------------------------------------------------------------------------------
