@@ -120,6 +120,23 @@ def _check_rank(x: jax.Array, ndim: int, layer: str) -> None:
         )
 
 
+def _check_groups(layer: str, in_features: int, features: int, groups: int) -> None:
+    # Checked here, before the kernel shape (which divides by groups) is created; the op would
+    # otherwise report a channel mismatch against a kernel of the wrong shape.
+    if in_features % groups or features % groups:
+        raise ValueError(
+            f"{layer}: input channels ({in_features}) and features ({features}) must be "
+            f"divisible by groups ({groups})"
+        )
+
+
+def _optional_bias(module: nn.Module, features: int) -> jax.Array | None:
+    """The ``(features,)`` bias parameter of a layer with ``use_bias``, else ``None``."""
+    if not module.use_bias:
+        return None
+    return module.param("bias", module.bias_init, (features,), module.param_dtype)
+
+
 class Conv(nn.Module):
     """N-d convolution (the dimension is ``len(kernel_size)``): ``y = x ⋆ w + b``.
 
@@ -154,22 +171,14 @@ class Conv(nn.Module):
         kernel_size = _kernel_tuple(self.kernel_size, "Conv")
         _check_rank(x, len(kernel_size), "Conv")
         in_features = x.shape[-1]
-        if in_features % self.groups or self.features % self.groups:
-            raise ValueError(
-                f"Conv: input channels ({in_features}) and features ({self.features}) must be "
-                f"divisible by groups ({self.groups})"
-            )
+        _check_groups("Conv", in_features, self.features, self.groups)
         kernel = self.param(
             "kernel",
             self.kernel_init,
             (*kernel_size, in_features // self.groups, self.features),
             self.param_dtype,
         )
-        bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        bias = _optional_bias(self, self.features)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return ops.conv(
             x,
@@ -213,11 +222,7 @@ class ConvTranspose(nn.Module):
         kernel_size = _kernel_tuple(self.kernel_size, "ConvTranspose")
         _check_rank(x, len(kernel_size), "ConvTranspose")
         in_features = x.shape[-1]
-        if in_features % self.groups or self.features % self.groups:
-            raise ValueError(
-                f"ConvTranspose: input channels ({in_features}) and features ({self.features}) "
-                f"must be divisible by groups ({self.groups})"
-            )
+        _check_groups("ConvTranspose", in_features, self.features, self.groups)
         # variance_scaling sees fan_in = prod(kernel) * C_in; a unit only sums C_in / groups.
         kernel_init = self.kernel_init or he_normal(2.0 * self.groups)
         kernel = self.param(
@@ -226,11 +231,7 @@ class ConvTranspose(nn.Module):
             (*kernel_size, in_features, self.features // self.groups),
             self.param_dtype,
         )
-        bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        bias = _optional_bias(self, self.features)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return ops.conv_transpose(
             x,
@@ -274,11 +275,7 @@ class DepthwiseConv(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (*kernel_size, 1, out_features), self.param_dtype
         )
-        bias = (
-            self.param("bias", self.bias_init, (out_features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        bias = _optional_bias(self, out_features)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return ops.depthwise_conv(
             x,
@@ -328,11 +325,7 @@ class SeparableConv(nn.Module):
             (*(1,) * len(kernel_size), mid, self.features),
             self.param_dtype,
         )
-        bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        bias = _optional_bias(self, self.features)
         x, w_depthwise, w_pointwise, bias = nn.dtypes.promote_dtype(
             x, w_depthwise, w_pointwise, bias, dtype=self.dtype
         )
@@ -399,11 +392,7 @@ class ConnectionTableConv(nn.Module):
         kernel = self.param(
             "kernel", kernel_init, (*kernel_size, len(flat_index)), self.param_dtype
         )
-        bias = (
-            self.param("bias", self.bias_init, (features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        bias = _optional_bias(self, features)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         dense = jnp.zeros((*kernel_size, in_features * features), kernel.dtype)
         dense = dense.at[..., flat_index].set(kernel).reshape(*kernel_size, in_features, features)
