@@ -339,17 +339,22 @@ def _pad_config(pairs) -> list[tuple[int, int, int]]:
     return [(0, 0, 0), *((lo, hi, 0) for lo, hi in pairs), (0, 0, 0)]
 
 
-def _window_sum(x: jax.Array, geom: _Geometry) -> jax.Array:
-    """``sum_t x_{j s - lo + t d}`` with zero padding (including the ceil-mode extra)."""
+def _reduce_window(x: jax.Array, init, op, geom: _Geometry) -> jax.Array:
+    """``op`` over each window ``x_{j s - lo + t d}``; padding (and ceil-mode extra) is ``init``."""
     return lax.reduce_window(
         x,
-        _zero(x.dtype),
-        lax.add,
+        init,
+        op,
         _full(geom.window),
         _full(geom.stride),
         [(0, 0), *geom.full_padding, (0, 0)],
         window_dilation=_full(geom.dilation),
     )
+
+
+def _window_sum(x: jax.Array, geom: _Geometry) -> jax.Array:
+    """``sum_t x_{j s - lo + t d}`` with zero padding (including the ceil-mode extra)."""
+    return _reduce_window(x, _zero(x.dtype), lax.add, geom)
 
 
 def _window_sum_transpose(g: jax.Array, geom: _Geometry) -> jax.Array:
@@ -403,15 +408,7 @@ def _tap(xp: jax.Array, geom: _Geometry, offset) -> jax.Array:
 
 
 def _max_pool_reduce_window(x: jax.Array, geom: _Geometry) -> jax.Array:
-    return lax.reduce_window(
-        x,
-        _lowest(x.dtype),
-        lax.max,
-        _full(geom.window),
-        _full(geom.stride),
-        [(0, 0), *geom.full_padding, (0, 0)],
-        window_dilation=_full(geom.dilation),
-    )
+    return _reduce_window(x, _lowest(x.dtype), lax.max, geom)
 
 
 def _max_pool_xla(x: jax.Array, geom: _Geometry) -> jax.Array:
