@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
     p.add_argument("--seed", type=int)
     p.add_argument(
+        "--val-split",
+        type=float,
+        help="folder:ROOT/CLASS data: hold out this fraction of every class (seeded) for testing",
+    )
+    p.add_argument(
+        "--skip-bad-files", action="store_true", help="folder data: skip unreadable images"
+    )
+    p.add_argument(
         "--no-resume", action="store_true", help="refuse to resume (workdir must be fresh)"
     )
     p.add_argument(
@@ -119,6 +127,8 @@ def _train(args: argparse.Namespace) -> int:
         "impl": args.impl,
         "dtype": args.dtype,
         "seed": args.seed,
+        "val_split": args.val_split,
+        "skip_bad_files": args.skip_bad_files or None,
     }
     for key, value in flags.items():
         if value is not None:
@@ -153,12 +163,15 @@ def _default_workdir(model: str, dataset: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from cnnjax.data import load_class_names
     from cnnjax.train import evaluate
     from cnnjax.viz import plot_confusion
 
     result = evaluate(args.workdir, dataset=args.dataset, step=args.step)
     output = pathlib.Path(args.output or pathlib.Path(args.workdir) / "confusion.png")
-    plot_confusion(result.confusion, output, title=f"step {result.step}")
+    names = load_class_names(args.workdir)
+    names = names if names and len(names) == len(result.confusion) else None
+    plot_confusion(result.confusion, output, class_names=names, title=f"step {result.step}")
     errors = result.count - round(result.accuracy * result.count)
     print(
         f"step {result.step}: test accuracy {result.accuracy:.2%} ({errors} errors in "

@@ -169,15 +169,17 @@ def test_bad_names_and_paths_give_clear_errors(tmp_path):
         load_dataset("mnsit")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset(f"npz:{tmp_path / 'missing.npz'}")
-    with pytest.raises(FileNotFoundError, match="train/ sub-folder"):
+    with pytest.raises(ValueError, match="no class sub-folders; lay images out as ROOT/CLASS"):
         load_dataset(f"folder:{tmp_path}")
+    with pytest.raises(FileNotFoundError, match="does not exist; lay it out as ROOT/CLASS"):
+        load_dataset(f"folder:{tmp_path / 'nowhere'}")
     with pytest.raises(ValueError, match="synthetic:32x32x3"):
         load_dataset("synthetic:big")
 
 
 def test_labels_out_of_range_are_rejected(tmp_path):
     path = _tiny_npz(tmp_path / "tiny.npz", max_label=9)
-    with pytest.raises(ValueError, match=r"label 5 .* out of range for num_classes=5"):
+    with pytest.raises(ValueError, match=r"label 9 \(y_train\[9\]\) is out of range for the 5 "):
         load_dataset(f"npz:{path}", num_classes=5)
     ds = load_dataset(f"npz:{path}")
     with pytest.raises(ValueError, match="out of range for num_classes=3"):

@@ -22,6 +22,7 @@ from cnnjax.data.augment import (
     random_flip,
     sample_augment_params,
 )
+from cnnjax.data.classes import load_class_names, save_class_names
 from cnnjax.data.pipeline import AugmentConfig, batches, num_batches, prefetch_to_device
 from cnnjax.data.sources import (
     ArraySource,
@@ -33,6 +34,7 @@ from cnnjax.data.sources import (
     fit_images,
     list_datasets,
     load_dataset,
+    stratified_split,
 )
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "fit_images",
     "flip_horizontal",
     "list_datasets",
+    "load_class_names",
     "load_dataset",
     "normalize",
     "num_batches",
@@ -58,4 +61,6 @@ __all__ = [
     "random_crop",
     "random_flip",
     "sample_augment_params",
+    "save_class_names",
+    "stratified_split",
 ]

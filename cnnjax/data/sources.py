@@ -8,11 +8,17 @@
                    embedded default. Fixed stratified split: 1,347 train / 450 test
                    (``train_test_split(test_size=450, stratify=y, random_state=0)``). Resized
                    (bilinear) to ``image_size`` (32×32 by default, LeNet-5's input).
-``npz:PATH``       an ``.npz`` holding ``x_train, y_train, x_test, y_test``; ``(N, H, W)`` grey
-                   or ``(N, H, W, C)`` images, e.g. ``../shared/data/mnist.npz``.
+``npz:PATH``       an ``.npz`` holding ``x_train, y_train, x_test, y_test`` (and optionally
+                   ``class_names``); ``(N, H, W)`` grey or ``(N, H, W, C)`` images, ``uint8``
+                   0-255 or float 0-1, integer labels 0..K-1. Checked in full before training
+                   (keys, lengths, dtypes, finite values, value range, classes, shapes): the
+                   rules are in :mod:`cnnjax.data.validate`.
 ``folder:PATH``    ``PATH/{train,test}/CLASS/*.png|jpg|…`` read with Pillow (``val`` or
-                   ``validation`` stand in for a missing ``test``); classes are the sorted
-                   sub-folder names of ``train``.
+                   ``validation`` stand in for a missing ``test``), or ``PATH/CLASS/*.png``
+                   with ``val_split`` (a seeded, stratified share of every class becomes the
+                   test split). Classes are the sorted sub-folder names. Every file's header
+                   is checked up front; unreadable files are an error listing them, or
+                   skipped with a count when ``skip_bad_files``.
 ``synthetic``      random images and labels for benchmarks; ``synthetic:HxWxC`` sets the shape.
 any TFDS name      through ``tfds.data_source`` (ArrayRecord, no TensorFlow needed) and a
                    ``grain.MapDataset`` that decodes and fits each record: ``mnist``,
@@ -24,6 +30,9 @@ Fitting to a model's input (``image_size``): ``resize_mode="pad"`` centres the i
 field (LeNet-5's 28×28 MNIST digits in a 32×32 field, as in the paper), ``"resize"`` resamples
 bilinearly (images of varying size are first resized on the shorter side and centre-cropped),
 ``"auto"`` pads when the image is at most 8 pixels smaller and resizes otherwise.
+
+Class names (``Dataset.class_names``) are ``"0"``..``"9"`` for digits, the TFDS label names,
+the npz ``class_names`` array, or the folder names (``None`` for synthetic data).
 
 Every split is a :class:`Source`: ``len(source)`` and ``source.get(indices) -> (images, labels)``.
 Per-channel ``mean``/``std`` (``[0, 1]`` scale) come from the published values for the TFDS sets
@@ -42,6 +51,15 @@ from typing import Protocol
 
 import numpy as np
 
+from cnnjax.data.validate import (
+    NPZ_HOWTO,
+    find_bad_images,
+    images_to_uint8,
+    labels_to_int32,
+    note,
+    num_classes_of,
+)
+
 __all__ = [
     "ArraySource",
     "Dataset",
@@ -51,6 +69,7 @@ __all__ = [
     "fit_images",
     "list_datasets",
     "load_dataset",
+    "stratified_split",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff")
@@ -83,7 +102,7 @@ class Dataset:
     """A named data set: two :class:`Source` splits and what a model needs to know about them.
 
     ``image_shape`` is ``(H, W, C)`` of what ``get`` returns; ``mean``/``std`` are per channel on
-    the ``[0, 1]`` scale.
+    the ``[0, 1]`` scale; ``class_names`` has ``num_classes`` entries, or is ``None``.
     """
 
     name: str
@@ -94,6 +113,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str = ""
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +145,17 @@ class FolderSource:
     def _load(self, i: int) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(self.paths[i]) as img:
-            img = img.convert(self.mode)
-            if (img.height, img.width) != tuple(self.size):
-                img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, np.uint8)
+        try:
+            with Image.open(self.paths[i]) as img:
+                img = img.convert(self.mode)
+                if (img.height, img.width) != tuple(self.size):
+                    img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+                arr = np.asarray(img, np.uint8)
+        except Exception as e:  # a file damaged after its header (pixel data) fails only here
+            raise ValueError(
+                f"cannot decode image {self.paths[i]} ({type(e).__name__}: {e}); fix or remove "
+                "the file"
+            ) from e
         return arr[..., None] if arr.ndim == 2 else arr
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,13 +201,18 @@ def load_dataset(
     resize_mode: str = "auto",
     num_classes: int | None = None,
     seed: int = 0,
+    val_split: float | None = None,
+    skip_bad_files: bool = False,
 ) -> Dataset:
     """Open the data set ``name`` (see the module docstring for the forms it takes).
 
     ``image_size`` fits every image to ``image_size × image_size`` (``None``: keep the native
     size; ``digits`` defaults to 32). ``num_classes`` checks that every label lies in
-    ``[0, num_classes)`` (default: the data set's own count). Errors are ``ValueError`` or
-    ``FileNotFoundError`` with a message that says what to do.
+    ``[0, num_classes)`` (default: the data set's own count). ``val_split`` (``folder:`` without
+    a test split only) holds out that fraction of every class, chosen by ``seed``, as the test
+    split; ``skip_bad_files`` (``folder:``) skips unreadable images with a note instead of
+    raising. Errors are ``ValueError`` or ``FileNotFoundError`` with a message that says what
+    to do.
     """
     if resize_mode not in ("auto", "pad", "resize"):
         raise ValueError(f'resize_mode must be "auto", "pad" or "resize", got {resize_mode!r}')
@@ -190,11 +221,16 @@ def load_dataset(
     elif name == "synthetic" or name.startswith("synthetic:"):
         ds = _load_synthetic(name, image_size, num_classes or 10, seed)
     elif name.startswith("npz:"):
-        ds = _load_npz(name[4:], image_size, resize_mode)
+        ds = _load_npz(name[4:], image_size, resize_mode, num_classes)
     elif name.startswith("folder:"):
-        ds = _load_folder(name[7:], image_size, resize_mode)
+        ds = _load_folder(name[7:], image_size, resize_mode, val_split, seed, skip_bad_files)
     else:
         ds = _load_tfds(name, data_dir, image_size, resize_mode)
+    if val_split is not None and not name.startswith("folder:"):
+        raise ValueError(
+            f"val_split={val_split} applies to folder:ROOT data sets without a test split; "
+            f"{name!r} has its own test split"
+        )
     if num_classes is not None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -202,6 +238,11 @@ def load_dataset(
             labels = getattr(getattr(ds, split), "labels", None)
             if labels is not None:
                 check_labels(labels, num_classes, f"{name} {split} split")
+        if ds.class_names is not None and len(ds.class_names) != num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} but {name} names {len(ds.class_names)} classes "
+                f"({', '.join(ds.class_names[:5])}{', …' if len(ds.class_names) > 5 else ''})"
+            )
         ds = dataclasses.replace(ds, num_classes=num_classes)
     return ds
 
@@ -254,13 +295,10 @@ def _stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(m) for m in x.mean(0)), tuple(float(s) or 1.0 for s in x.std(0))
 
 
-def _from_arrays(name, x_train, y_train, x_test, y_test, description) -> Dataset:
-    y_train = np.asarray(y_train).astype(np.int32).reshape(-1)
-    y_test = np.asarray(y_test).astype(np.int32).reshape(-1)
-    num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    for labels, split in ((y_train, "train"), (y_test, "test")):
-        if labels.size and labels.min() < 0:
-            check_labels(labels, num_classes, f"{name} {split} split")
+def _from_arrays(
+    name, x_train, y_train, x_test, y_test, description, num_classes, class_names=None
+) -> Dataset:
+    """A :class:`Dataset` of two :class:`ArraySource` splits (arrays already validated)."""
     mean, std = _stats(x_train)
     return Dataset(
         name=name,
@@ -271,6 +309,7 @@ def _from_arrays(name, x_train, y_train, x_test, y_test, description) -> Dataset
         mean=mean,
         std=std,
         description=description,
+        class_names=class_names,
     )
 
 
@@ -285,7 +324,14 @@ def _load_digits(image_size: int, resize_mode: str) -> Dataset:
         images, digits.target, test_size=450, stratify=digits.target, random_state=0
     )
     return _from_arrays(
-        "digits", x_train, y_train, x_test, y_test, "sklearn load_digits, 1347 train / 450 test"
+        "digits",
+        x_train,
+        y_train.astype(np.int32),
+        x_test,
+        y_test.astype(np.int32),
+        "sklearn load_digits, 1347 train / 450 test",
+        num_classes=10,
+        class_names=tuple(str(d) for d in range(10)),
     )
 
 
@@ -314,73 +360,139 @@ def _load_synthetic(name: str, image_size, num_classes: int, seed: int) -> Datas
     )
 
 
-def _load_npz(path: str, image_size, resize_mode: str) -> Dataset:
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _load_npz(path: str, image_size, resize_mode: str, num_classes: int | None) -> Dataset:
+    """Read and validate an npz data set (rules: :mod:`cnnjax.data.validate`)."""
     file = pathlib.Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(
-            f"npz data set {str(file)!r} does not exist; expected a .npz file with x_train, "
-            "y_train, x_test, y_test (e.g. --dataset npz:../shared/data/mnist.npz)"
+        raise FileNotFoundError(f"npz data set {str(file)!r} does not exist; {NPZ_HOWTO}")
+    arrays = _read_npz(file)
+    x_train = images_to_uint8(arrays["x_train"], f"{file}: x_train")
+    x_test = images_to_uint8(arrays["x_test"], f"{file}: x_test")
+    if x_train.shape[-1] != x_test.shape[-1]:
+        raise ValueError(
+            f"{file}: x_train images {arrays['x_train'].shape} have {x_train.shape[-1]} "
+            f"channel(s) but x_test images {arrays['x_test'].shape} have {x_test.shape[-1]}; "
+            "both splits need the same channels"
         )
-    with np.load(file) as data:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(data.files)
-        if missing:
-            raise ValueError(f"{file} lacks the arrays {sorted(missing)}; it has {data.files}")
-        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    for key in ("x_train", "x_test"):
-        x = arrays[key]
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.ndim != 4:
-            raise ValueError(f"{file}:{key} must be (N, H, W) or (N, H, W, C), got {x.shape}")
-        if x.dtype != np.uint8:
-            x = np.clip(np.rint(x * (255.0 if x.max(initial=0) <= 1.0 else 1.0)), 0, 255)
-            x = x.astype(np.uint8)
-        arrays[key] = fit_images(x, image_size, resize_mode)
+    y_train, train_width = labels_to_int32(
+        arrays["y_train"], f"{file}: y_train", len(x_train), "x_train"
+    )
+    y_test, test_width = labels_to_int32(arrays["y_test"], f"{file}: y_test", len(x_test), "x_test")
+    if train_width != test_width and None not in (train_width, test_width):
+        raise ValueError(
+            f"{file}: one-hot y_train has {train_width} columns but y_test has {test_width}"
+        )
+    names = _npz_class_names(arrays.get("class_names"), file)
+    given, given_by = num_classes, "num_classes"
+    if given is None and names is not None:
+        given, given_by = len(names), f"the {len(names)} class_names"
+    if given is None and (train_width or test_width):
+        given, given_by = train_width or test_width, "the one-hot label width"
+    k = num_classes_of(y_train, y_test, str(file), given, given_by)
+    x_train = fit_images(x_train, image_size, resize_mode)
+    x_test = fit_images(x_test, image_size, resize_mode)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"{file}: x_train images {arrays['x_train'].shape} and x_test images "
+            f"{arrays['x_test'].shape} differ in size; set image_size to fit both"
+        )
     return _from_arrays(
-        f"npz:{path}",
-        arrays["x_train"],
-        arrays["y_train"],
-        arrays["x_test"],
-        arrays["y_test"],
-        f"arrays from {file}",
+        f"npz:{path}", x_train, y_train, x_test, y_test, f"arrays from {file}", k, names
     )
 
 
-def _load_folder(path: str, image_size, resize_mode: str) -> Dataset:
+def _read_npz(file: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(file, allow_pickle=False)
+    except Exception as e:  # not a zip / npy: numpy raises ValueError, OSError, BadZipFile
+        raise ValueError(f"{file} is not a readable .npz archive ({e}); {NPZ_HOWTO}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{file} holds a single array, not an .npz archive; {NPZ_HOWTO}")
+    with data:
+        missing = [k for k in _NPZ_KEYS if k not in data.files]
+        if missing:
+            raise ValueError(
+                f"{file} lacks the arrays {', '.join(missing)} (it has "
+                f"{', '.join(data.files) or 'none'}); {NPZ_HOWTO}"
+            )
+        arrays = {}
+        for key in (*_NPZ_KEYS, "class_names"):
+            if key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except ValueError as e:  # object arrays need pickle
+                    raise ValueError(f"{file}: {key} cannot be read ({e}); {NPZ_HOWTO}") from None
+    return arrays
+
+
+def _npz_class_names(names, file) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    if names.ndim != 1 or names.dtype.kind not in "US" or len(names) == 0:
+        raise ValueError(
+            f"{file}: class_names must be a 1-d array of K strings, got {names.dtype} {names.shape}"
+        )
+    out = tuple(str(n.decode() if isinstance(n, bytes) else n) for n in names)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{file}: class_names has duplicates: {', '.join(out)}")
+    return out
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Split indices ``0..N-1`` into sorted ``(train, test)``, ``fraction`` of every class in test.
+
+    Per class ``c`` with ``n_c`` examples, ``floor(fraction·n_c + 0.5)`` of them (at most
+    ``n_c - 1``, so every class keeps a training example) are drawn by
+    ``np.random.default_rng([seed, c])``: the split depends only on the labels and the seed.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_split must be a fraction in (0, 1), got {fraction}")
+    test = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = min(int(np.floor(fraction * len(members) + 0.5)), len(members) - 1)
+        test.append(np.random.default_rng([seed, int(c)]).permutation(members)[:n])
+    test = np.sort(np.concatenate(test)) if test else np.zeros(0, int)
+    if test.size == 0:
+        raise ValueError(
+            f"val_split={fraction} of {len(labels)} images leaves no test image; use a larger "
+            "fraction or more images"
+        )
+    return np.setdiff1d(np.arange(len(labels)), test), test
+
+
+def _load_folder(
+    path: str, image_size, resize_mode: str, val_split, seed: int, skip_bad_files: bool
+) -> Dataset:
     from PIL import Image
 
     root = pathlib.Path(path).expanduser()
-    if not (root / "train").is_dir():
+    if not root.is_dir():
         raise FileNotFoundError(
-            f"folder data set {str(root)!r} needs a train/ sub-folder laid out as "
-            "ROOT/train/CLASS/image.png (and ROOT/test/CLASS/...)"
+            f"folder data set {str(root)!r} does not exist; lay it out as ROOT/CLASS/image.png "
+            "(with val_split) or ROOT/train/CLASS/image.png and ROOT/test/CLASS/image.png"
         )
-    test_dir = next((root / s for s in ("test", "val", "validation") if (root / s).is_dir()), None)
-    if test_dir is None:
-        raise FileNotFoundError(f"folder data set {str(root)!r} has no test/ (or val/) sub-folder")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"{root / 'train'} has no class sub-folders")
+    train_dir, test_dir = _folder_splits(root, val_split)
+    classes = sorted(p.name for p in _subdirs(train_dir))
     index = {c: i for i, c in enumerate(classes)}
-
-    def scan(split_dir: pathlib.Path):
-        paths, labels = [], []
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            if class_dir.name not in index:
-                raise ValueError(
-                    f"class {class_dir.name!r} in {split_dir} is not a class of the train split "
-                    f"({', '.join(classes)})"
-                )
-            for file in sorted(class_dir.iterdir()):
-                if file.suffix.lower() in IMAGE_EXTENSIONS:
-                    paths.append(file)
-                    labels.append(index[class_dir.name])
-        if not paths:
-            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}")
-        return paths, np.array(labels, np.int32)
-
-    train_paths, train_labels = scan(root / "train")
-    test_paths, test_labels = scan(test_dir)
+    train_paths, train_labels = _scan(train_dir, index)
+    test_paths, test_labels = _scan(test_dir, index) if test_dir else ([], np.zeros(0, np.int32))
+    paths, labels = _drop_bad(
+        [*train_paths, *test_paths],
+        np.concatenate([train_labels, test_labels]),
+        root,
+        skip_bad_files,
+        len(train_paths),
+    )
+    train_paths, test_paths = paths
+    train_labels, test_labels = labels
+    if val_split is not None:
+        train_idx, test_idx = stratified_split(train_labels, val_split, seed)
+        test_paths, test_labels = [train_paths[i] for i in test_idx], train_labels[test_idx]
+        train_paths, train_labels = [train_paths[i] for i in train_idx], train_labels[train_idx]
     with Image.open(train_paths[0]) as first:
         mode = "L" if first.mode in ("1", "L", "I", "I;16", "F") else "RGB"
         native = (first.height, first.width)
@@ -389,6 +501,7 @@ def _load_folder(path: str, image_size, resize_mode: str) -> Dataset:
     test = FolderSource(test_paths, test_labels, mode, size)
     sample = np.linspace(0, len(train) - 1, min(len(train), 256)).astype(int)
     mean, std = _stats(train.get(sample)[0])
+    split = f", val_split {val_split} (seed {seed})" if val_split is not None else ""
     return Dataset(
         name=f"folder:{path}",
         train=train,
@@ -397,8 +510,89 @@ def _load_folder(path: str, image_size, resize_mode: str) -> Dataset:
         image_shape=(*size, 1 if mode == "L" else 3),
         mean=mean,
         std=std,
-        description=f"images under {root} ({len(classes)} classes: {', '.join(classes[:10])})",
+        description=f"images under {root} ({len(classes)} classes: "
+        f"{', '.join(classes[:10])}{split})",
+        class_names=tuple(classes),
     )
+
+
+def _subdirs(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _folder_splits(root: pathlib.Path, val_split) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """``(train_dir, test_dir)``: ``ROOT/train`` + ``ROOT/test|val|validation``, or ``ROOT``."""
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    tests = ("test", "val", "validation")
+    test_dir = next((root / s for s in tests if (root / s).is_dir()), None)
+    if train_dir == root:
+        test_dir = None  # ROOT/CLASS: every sub-folder is a class
+    if not _subdirs(train_dir):
+        raise ValueError(
+            f"{train_dir} has no class sub-folders; lay images out as ROOT/CLASS/image.png "
+            "(with val_split) or ROOT/train/CLASS/image.png and ROOT/test/CLASS/image.png"
+        )
+    if test_dir is None and val_split is None:
+        raise ValueError(
+            f"folder data set {str(root)!r} has no test split (ROOT/test/CLASS or "
+            "ROOT/val/CLASS); pass --val-split FRACTION (e.g. 0.2, config val_split) to hold "
+            "out a seeded, stratified share of every class for testing"
+        )
+    if test_dir is not None and val_split is not None:
+        raise ValueError(
+            f"val_split={val_split} holds out test images only when there is no test split, "
+            f"but {test_dir} exists; drop val_split or that folder"
+        )
+    return train_dir, test_dir
+
+
+def _scan(split_dir: pathlib.Path, index: dict[str, int]) -> tuple[list, np.ndarray]:
+    """Image paths under ``split_dir/CLASS/`` (sorted) and their class indices."""
+    paths, labels = [], []
+    for class_dir in _subdirs(split_dir):
+        if class_dir.name not in index:
+            raise ValueError(
+                f"class {class_dir.name!r} in {split_dir} is not a class of the train split "
+                f"({', '.join(index)})"
+            )
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(file)
+                labels.append(index[class_dir.name])
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}")
+    return paths, np.array(labels, np.int32)
+
+
+def _drop_bad(paths, labels, root, skip: bool, num_train: int):
+    """Check every header; raise listing unreadable files, or drop them (``skip``) with a note.
+
+    Returns ``((train_paths, test_paths), (train_labels, test_labels))``.
+    """
+    bad = find_bad_images(paths)
+    if bad:
+        shown = "; ".join(f"{paths[i].relative_to(root)} ({why})" for i, why in bad[:5])
+        more = f"; … and {len(bad) - 5} more" if len(bad) > 5 else ""
+        if not skip:
+            raise ValueError(
+                f"{len(bad)} of {len(paths)} image files under {root} cannot be read: "
+                f"{shown}{more}. Fix or remove them, or pass --skip-bad-files "
+                "(config skip_bad_files=True) to train without them"
+            )
+        note(
+            f"skipping {len(bad)} unreadable image file(s) of {len(paths)} under {root}: "
+            f"{shown}{more}"
+        )
+    keep = np.ones(len(paths), bool)
+    keep[[i for i, _ in bad]] = False
+    parts = []
+    for lo, hi in ((0, num_train), (num_train, len(paths))):
+        kept = np.flatnonzero(keep[lo:hi]) + lo
+        parts.append(([paths[i] for i in kept], labels[kept]))
+    for (split_paths, _), split in zip(parts, ("train", "test"), strict=True):
+        if not split_paths and (split == "train" or num_train < len(paths)):
+            raise ValueError(f"no readable images left in the {split} split under {root}")
+    return (parts[0][0], parts[1][0]), (parts[0][1], parts[1][1])
 
 
 def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
@@ -418,6 +612,7 @@ def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
     if "image" not in features or "label" not in features:
         raise ValueError(f"TFDS dataset {name!r} has no 'image' and 'label' features")
     num_classes = int(features["label"].num_classes)
+    names = tuple(str(n) for n in (getattr(features["label"], "names", None) or ()))
     native = features["image"].shape  # (H, W, C) with None for varying sizes
     channels = native[-1] or 3
 
@@ -461,4 +656,5 @@ def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
         mean=mean,
         std=std,
         description=f"TFDS {name} via tfds.data_source + grain",
+        class_names=names if len(names) == num_classes else None,
     )

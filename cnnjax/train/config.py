@@ -37,6 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.image_size = config_dict.placeholder(int)  # None: native size, or the model's if larger
     c.resize_mode = "auto"  # auto | pad | resize
     c.num_classes = config_dict.placeholder(int)  # None: the data set's
+    c.val_split = config_dict.placeholder(float)  # folder:ROOT/CLASS: seeded stratified test share
+    c.skip_bad_files = False  # folder: skip unreadable images (with a count), not fail
     c.augment = ml_collections.ConfigDict(
         {"padding": 0, "flip": False, "crop_size": config_dict.placeholder(int), "on_device": False}
     )

@@ -37,6 +37,7 @@ import numpy as np
 
 from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batches
 from cnnjax.data.augment import device_augment, device_normalize
+from cnnjax.data.classes import save_class_names
 from cnnjax.data.pipeline import prefetch_to_device
 from cnnjax.train.checkpoint import Checkpointer
 from cnnjax.train.metrics import MetricsWriter, Progress
@@ -237,6 +238,8 @@ def _load_for_model(config, info) -> Dataset:
         resize_mode=config.resize_mode,
         num_classes=config.num_classes,
         seed=config.seed,
+        val_split=config.get("val_split"),
+        skip_bad_files=config.get("skip_bad_files", False),
     )
     dataset = load_dataset(config.dataset, image_size=config.image_size, **kwargs)
     if config.image_size is None and dataset.image_shape[0] < info.min_input_size:
@@ -312,6 +315,7 @@ def train(
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json(indent=2))
+        save_class_names(workdir, run.dataset)
     driver = run.driver
 
     def say(text: str) -> None:
