@@ -85,8 +85,14 @@ def images_to_uint8(x: np.ndarray, where: str) -> np.ndarray:
         if x.min() >= 0 and x.max() <= 1:
             x = np.rint(x.astype(np.float32) * 255.0).astype(np.uint8)
         else:
-            ok = (x >= 0) & (x <= 255) & (x == np.rint(x))
-            _require(x, ok, where, "neither in [0, 1] nor whole numbers in [0, 255]")
+            whole = (x >= 0) & (x <= 255) & (x == np.rint(x))
+            if not whole.all():
+                in_unit = (x >= 0) & (x <= 1)
+                raise ValueError(
+                    f"{where}: float pixels fit neither scale: {_first_bad(x, in_unit, where)} "
+                    f"outside [0, 1] and {_first_bad(x, whole, where)} not whole numbers in "
+                    f"[0, 255]; {IMAGE_RULE}"
+                )
             x = x.astype(np.uint8)
     else:
         raise ValueError(f"{where} has dtype {x.dtype}; {IMAGE_RULE}")
@@ -212,14 +218,20 @@ def _require(x: np.ndarray, ok: np.ndarray, where: str, what: str) -> None:
     """Raise naming how many values of ``x`` are not ``ok`` and the first of them."""
     if ok.all():
         return
-    bad = ~ok
-    count = int(np.count_nonzero(bad))
-    index = np.unravel_index(int(np.argmax(bad)), x.shape)
     name = where.rsplit(" ", 1)[-1]
-    position = f"{name}[{', '.join(str(int(i)) for i in index)}]"
-    raise ValueError(
-        f"{where}: {count} of {x.size} values are {what}, the first is {position} = "
-        f"{x[index]!r}; {IMAGE_RULE if name.startswith('x_') else 'labels are indices 0..K-1'}"
+    rule = IMAGE_RULE if name.startswith("x_") else "labels are class indices 0..K-1"
+    raise ValueError(f"{where}: {_first_bad(x, ok, where)} {what}; {rule}")
+
+
+def _first_bad(x: np.ndarray, ok: np.ndarray, where: str) -> str:
+    """``"3 of 100 values (the first is x[2, 0] = 1.001) are"``-style count and position."""
+    bad = ~ok
+    index = np.unravel_index(int(np.argmax(bad)), x.shape)
+    value = x[index].item()
+    shown = f"{value:.6g}" if isinstance(value, float) else repr(value)
+    position = f"{where.rsplit(' ', 1)[-1]}[{', '.join(str(int(i)) for i in index)}]"
+    return (
+        f"{int(np.count_nonzero(bad))} of {x.size} values (the first is {position} = {shown}) are"
     )
 
 
