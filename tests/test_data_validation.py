@@ -13,6 +13,8 @@ import pathlib
 import subprocess
 import sys
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 
@@ -239,10 +241,10 @@ def _png(path: pathlib.Path, seed: int, size=(6, 6)):
     Image.fromarray(pixels).save(path)
 
 
-def _class_folder(root: pathlib.Path, counts: dict[str, int]) -> pathlib.Path:
+def _class_folder(root: pathlib.Path, counts: dict[str, int], size=(6, 6)) -> pathlib.Path:
     for c, (name, n) in enumerate(counts.items()):
         for i in range(n):
-            _png(root / name / f"{i:03d}.png", seed=100 * c + i)
+            _png(root / name / f"{i:03d}.png", seed=100 * c + i, size=size)
     return root
 
 
@@ -363,11 +365,13 @@ def test_folder_run_saves_class_names_and_eval_shows_them(tmp_path, monkeypatch,
 
     from cnnjax.cli import main
 
-    root = _class_folder(tmp_path / "shapes", {"circle": 12, "square": 12, "star": 12})
+    counts = {"circle": 12, "square": 12, "star": 12}
+    root = _class_folder(tmp_path / "shapes", counts, size=(32, 32))  # LeNet-5's input
     _corrupt(root / "star" / "011.png")
     workdir = tmp_path / "run"
     argv = ["train", "lenet5", "--dataset", f"folder:{root}", "--val-split", "0.25"]
     argv += ["--skip-bad-files", "--epochs", "1", "--batch-size", "9", "--parallel", "none"]
+    argv += ["--impl", "xla"]  # compiles faster; the ops are not under test here
     assert main([*argv, "--workdir", str(workdir), "--quiet"]) == 0
     assert "skipping 1 unreadable image file(s) of 36" in capsys.readouterr().err
     assert load_class_names(workdir) == ("circle", "square", "star")
@@ -423,3 +427,31 @@ def test_cli_lists_a_corrupt_folder_image_before_training(tmp_path):
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and "b/004.png" in lines[0] and "--skip-bad-files" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_tfds_class_names_come_from_the_label_feature():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=8):
+        ds = load_dataset("mnist")
+    assert ds.class_names == tuple(str(d) for d in range(10))
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    counts=st.lists(st.integers(1, 30), min_size=1, max_size=6),
+    fraction=st.floats(0.05, 0.95),
+    seed=st.integers(0, 2**16),
+)
+def test_stratified_split_properties(counts, fraction, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(seed).shuffle(labels)
+    expected = [min(int(np.floor(fraction * n + 0.5)), n - 1) for n in counts]
+    if sum(expected) == 0:
+        with pytest.raises(ValueError, match="leaves no test image"):
+            stratified_split(labels, fraction, seed)
+        return
+    train, test = stratified_split(labels, fraction, seed)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(labels)))
+    assert np.bincount(labels[test], minlength=len(counts)).tolist() == expected
+    again = stratified_split(labels, fraction, seed)
+    assert np.array_equal(again[1], test)
