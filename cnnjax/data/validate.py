@@ -188,7 +188,8 @@ def _header_problem(path: os.PathLike) -> str | None:
         if fmt == "JPEG" and not _ends_with(path, b"\xff\xd9"):
             return "truncated JPEG (no end-of-image marker)"
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, …
-        return f"{type(e).__name__}: {e}".replace(str(path), pathlib.Path(path).name)
+        text = f"{type(e).__name__}: {e}".replace(str(path), pathlib.Path(path).name)
+        return " ".join(text.split())  # one line for the one-line error
     return None
 
 
