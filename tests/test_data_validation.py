@@ -133,6 +133,11 @@ BAD_NPZ = [
     ("string_images", _with(x_train=lambda x: x.astype(str)), r"x_train has dtype <U"),
     ("bool_images", _with(x_train=lambda x: x > 0.5), r"x_train has dtype bool"),
     ("labels_as_images", _with(x_train=lambda x: x[:, 0, 0]), r"x_train must be \(N, H, W\)"),
+    (
+        "channels_first",
+        _with(x_train=lambda x: np.repeat(x[:, None], 3, 1)),
+        r"x_train has shape \(200, 3, 8, 8\), which looks channels-first",
+    ),
     ("empty_test_set", _with(x_test=lambda x: x[:0], y_test=lambda y: y[:0]), r"x_test holds no"),
 ]
 
@@ -192,6 +197,14 @@ def test_value_range_rule_gives_the_same_uint8_pixels(tmp_path, scale, dtype):
     }
     ds = load_dataset(_save(tmp_path / "ok.npz", **arrays))
     np.testing.assert_array_equal(ds.train.images[..., 0], pixels)
+
+
+def test_column_labels_and_any_integer_dtype_are_accepted(tmp_path):
+    arrays = _arrays()
+    arrays["y_train"] = arrays["y_train"].astype(np.uint16)[:, None]
+    arrays["y_test"] = arrays["y_test"].astype(np.int8)
+    ds = load_dataset(_save(tmp_path / "column.npz", **arrays))
+    assert ds.train.labels.shape == (200,) and ds.train.labels.dtype == np.int32
 
 
 def test_binary_float_images_are_on_the_0_1_scale(tmp_path):
@@ -299,6 +312,22 @@ def test_image_damaged_after_loading_names_the_file(tmp_path):
     (root / "train" / "a" / "002.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match=r"cannot decode image .*train/a/002.png"):
         ds.train.get(np.arange(4))
+
+
+def test_header_check_runs_once_per_unchanged_folder(tmp_path, monkeypatch):
+    from cnnjax.data import validate
+
+    root = _class_folder(tmp_path / "c", {"a": 3, "b": 3})
+    calls = []
+    original = validate._header_problem
+    monkeypatch.setattr(validate, "_header_problem", lambda p: calls.append(p) or original(p))
+    load_dataset(f"folder:{root}", val_split=0.5)
+    load_dataset(f"folder:{root}", val_split=0.5, image_size=8)  # the loop's reload at 32×32
+    assert len(calls) == 6
+    _corrupt(root / "b" / "001.png")  # new size and mtime: checked again, and found
+    with pytest.raises(ValueError, match="1 of 6 image files .* b/001.png"):
+        load_dataset(f"folder:{root}", val_split=0.5)
+    assert len(calls) == 12
 
 
 def test_class_folder_layout_with_a_seeded_stratified_val_split(tmp_path):
