@@ -325,7 +325,7 @@ def test_header_check_runs_once_per_unchanged_folder(tmp_path, monkeypatch):
     load_dataset(f"folder:{root}", val_split=0.5, image_size=8)  # the loop's reload at 32×32
     assert len(calls) == 6
     _corrupt(root / "b" / "001.png")  # new size and mtime: checked again, and found
-    with pytest.raises(ValueError, match="1 of 6 image files .* b/001.png"):
+    with pytest.raises(ValueError, match=r"1 of 6 image files .* b/001.png"):
         load_dataset(f"folder:{root}", val_split=0.5)
     assert len(calls) == 12
 
