@@ -314,6 +314,15 @@ def test_image_damaged_after_loading_names_the_file(tmp_path):
         ds.train.get(np.arange(4))
 
 
+def test_skipping_every_test_image_is_an_error(tmp_path):
+    root = _class_folder(tmp_path / "s" / "train", {"a": 2, "b": 2}).parent
+    for name in ("a", "b"):
+        (root / "test" / name).mkdir(parents=True)
+        (root / "test" / name / "0.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="no readable images left in the test split"):
+        load_dataset(f"folder:{root}", skip_bad_files=True)
+
+
 def test_header_check_runs_once_per_unchanged_folder(tmp_path, monkeypatch):
     from cnnjax.data import validate
 

@@ -72,6 +72,7 @@ __all__ = [
     "stratified_split",
 ]
 
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff")
 
 # Published per-channel statistics on the [0, 1] scale (train split).
@@ -358,9 +359,6 @@ def _load_synthetic(name: str, image_size, num_classes: int, seed: int) -> Datas
         std=(0.2887,) * shape[2],  # uniform on [0, 1]: 1/sqrt(12)
         description="uniform random images and labels (benchmarks only)",
     )
-
-
-_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def _load_npz(path: str, image_size, resize_mode: str, num_classes: int | None) -> Dataset:
