@@ -20,7 +20,7 @@ import cnnjax  # noqa: E402
 
 project = "cnnjax"
 author = "the cnnjax authors"
-copyright = "2026, the cnnjax authors"  # noqa: A001 - Sphinx's name
+copyright = "2026, the cnnjax authors"
 release = version = cnnjax.__version__
 
 extensions = [
