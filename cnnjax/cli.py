@@ -23,6 +23,7 @@ _DESCRIPTION = "cnnjax: a JAX functional CNN toolkit (ops → layers → models 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cnnjax`` parser with one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(prog="cnnjax", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"cnnjax {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -30,11 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (default: on the embedded digits data set)",
         description="Train MODEL. Precedence: defaults < --config file < flags < --set.",
     )
-    p.add_argument("model", nargs="?", help="registered model name (see `cnnjax models`)")
-    p.add_argument("--dataset", help="digits | synthetic | npz:PATH | folder:PATH | TFDS name")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size (all devices)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="registered name (see `cnnjax models`), or your own module:Class / "
+        "file.py:Class (default: lenet5)",
+    )
+    p.add_argument(
+        "--dataset",
+        help="digits | synthetic | npz:PATH | folder:PATH | a TFDS name (default: digits)",
+    )
+    p.add_argument(
+        "--epochs", type=int, help="passes over the training split (default: 10; clears num_steps)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, help="global batch size, images over all devices (default: 32)"
+    )
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 0.005, AdamW + cosine)")
     p.add_argument("--workdir", help="run directory (default: runs/MODEL_DATASET)")
     p.add_argument("--config", help="experiments/configs/NAME.py defining get_config()")
     p.add_argument(
@@ -44,10 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set optimizer.weight_decay=1e-4 (repeatable)",
     )
-    p.add_argument("--parallel", choices=("auto", "none", "pmap", "sharded"))
-    p.add_argument("--impl", choices=("custom", "xla"), help="op implementation")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--parallel",
+        choices=("auto", "none", "pmap", "sharded"),
+        help="device driver: none = one device, pmap = replicated, sharded = jit over a mesh; "
+        "auto = sharded when several devices divide the batch (default: auto)",
+    )
+    p.add_argument(
+        "--impl",
+        choices=("custom", "xla"),
+        help="op implementation: custom VJPs or lax + autodiff (default: custom)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="compute dtype; parameters stay float32 (default: float32)",
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed of initialisation, shuffling and augmentation (default: 0)"
+    )
     p.add_argument(
         "--val-split",
         type=float,
@@ -75,21 +103,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workdir")
     p.add_argument("--dataset", help="evaluate on another data set with the same classes")
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
-    p.add_argument("--output", help="confusion matrix PNG (default: WORKDIR/confusion.png)")
+    p.add_argument(
+        "--output",
+        help="confusion matrix PNG (default: WORKDIR/confusion_[DATASET_]test_stepSTEP.png)",
+    )
     p.set_defaults(handler=_eval)
 
-    p = sub.add_parser("models", help="list registered models with input shape and parameters")
+    p = sub.add_parser(
+        "models",
+        help="list registered models: input shape and paper",
+        description="List the registry (no model is built); --params also counts parameters.",
+    )
     p.add_argument("pattern", nargs="?", help="only names containing this substring")
-    p.add_argument("--no-params", action="store_true", help="skip counting parameters (faster)")
+    p.add_argument(
+        "--params",
+        action="store_true",
+        help="count parameters at the paper's input (traces every model: seconds, not ms)",
+    )
+    p.add_argument("--no-params", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.set_defaults(handler=_models)
 
-    p = sub.add_parser("summary", help="per-layer table of a model (shapes, params, MACs, RF)")
-    p.add_argument("model")
+    p = sub.add_parser(
+        "summary",
+        help="per-layer table of a model (shapes, params, MACs, receptive field)",
+        description="Per-layer table; parameters are never allocated (shapes only).",
+    )
+    p.add_argument("model", help="registered name, or module:Class / file.py:Class")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="input without the batch: S (S×S, the model's channels), H W, or H W C "
+        "(default: the paper's input)",
+    )
+    p.add_argument("--num-classes", type=int, help="classifier width (default: the paper's)")
+    p.add_argument(
+        "--depth", type=int, help="group rows by module nesting depth (default: leaf layers)"
+    )
     p.set_defaults(handler=_summary)
 
     p = sub.add_parser("plot", help="loss/accuracy curves of one or more runs as a PNG")
     p.add_argument("workdirs", nargs="+", metavar="WORKDIR")
     p.add_argument("--output", help="PNG path (default: WORKDIR/curves.png)")
+    p.add_argument(
+        "--x-axis",
+        choices=("step", "epoch"),
+        default="step",
+        help="horizontal axis: optimiser steps or epochs (default: step)",
+    )
     p.set_defaults(handler=_plot)
 
     for name, text in (
@@ -100,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("args", nargs=argparse.REMAINDER)
         p.set_defaults(handler=_forward(name))
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cnnjax")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        from cnnjax import __version__
+
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,20 +231,31 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _default_workdir(model: str, dataset: str) -> str:
-    tail = pathlib.Path(dataset.split(":", 1)[1]).stem if ":" in dataset else dataset
-    return f"runs/{model}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', tail)}"
+    return f"runs/{_slug(model)}_{_slug(dataset)}"
+
+
+def _slug(name: str) -> str:
+    """``npz:data/mnist.npz`` → ``mnist``, ``mynet:Net`` → ``Net``: a file-name-safe tag."""
+    tail = pathlib.Path(name.rsplit(":", 1)[1]).stem if ":" in name else name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tail)
 
 
 def _eval(args: argparse.Namespace) -> int:
     from cnnjax.data import load_class_names
-    from cnnjax.train import evaluate
+    from cnnjax.train import evaluate, load_workdir_config
     from cnnjax.viz import plot_confusion
 
     result = evaluate(args.workdir, dataset=args.dataset, step=args.step)
-    output = pathlib.Path(args.output or pathlib.Path(args.workdir) / "confusion.png")
+    output = pathlib.Path(args.output or _confusion_path(args.workdir, args.dataset, result.step))
+    dataset = args.dataset or load_workdir_config(args.workdir).dataset
     names = load_class_names(args.workdir)
     names = names if names and len(names) == len(result.confusion) else None
-    plot_confusion(result.confusion, output, class_names=names, title=f"step {result.step}")
+    plot_confusion(
+        result.confusion,
+        output,
+        class_names=names,
+        title=f"{dataset}, test split, step {result.step}",
+    )
     errors = result.count - round(result.accuracy * result.count)
     print(
         f"step {result.step}: test accuracy {result.accuracy:.2%} ({errors} errors in "
@@ -180,11 +264,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confusion_path(workdir: str, dataset: str | None, step: int) -> pathlib.Path:
+    """``WORKDIR/confusion_test_stepN.png``, or ``confusion_DATASET_test_stepN.png``."""
+    tag = f"{_slug(dataset)}_" if dataset else ""
+    return pathlib.Path(workdir) / f"confusion_{tag}test_step{step}.png"
+
+
 def _models(args: argparse.Namespace) -> int:
     from cnnjax.models import create_model, get_model_info, list_models
 
     names = list_models(args.pattern)
-    if args.no_params:
+    if not args.params:
         counts = dict.fromkeys(names)
     else:
         import jax
@@ -198,26 +288,45 @@ def _models(args: argparse.Namespace) -> int:
             shapes = jax.eval_shape(lambda x, m=model: m.init(jax.random.PRNGKey(0), x, False), x)
             counts[name] = sum(int(v.size) for v in jax.tree.leaves(shapes.get("params", {})))
     width = max((len(n) for n in names), default=5)
-    print(f"{'model':<{width}}  {'input':>12}  {'params':>13}  paper")
+    params_column = f"  {'params':>13}" if args.params else ""
+    print(f"{'model':<{width}}  {'input':>12}{params_column}  paper")
     for name in names:
         info = get_model_info(name)
         shape = "×".join(map(str, info.input_shape))
-        params = "" if counts[name] is None else f"{counts[name]:,}"
-        print(f"{name:<{width}}  {shape:>12}  {params:>13}  {info.paper.split(',')[0]}")
+        params = f"  {counts[name]:>13,}" if args.params else ""
+        print(f"{name:<{width}}  {shape:>12}{params}  {info.paper}")
     return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
     from cnnjax.model_summary import print_summary
 
-    print_summary(args.model)
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    if args.depth is not None:
+        kwargs["depth"] = args.depth
+    if args.input_size is None:
+        print_summary(args.model, **kwargs)
+        return 0
+    print_summary(args.model, _input_shape(args.model, args.input_size), **kwargs)
     return 0
+
+
+def _input_shape(model: str, sizes: list[int]) -> tuple[int, ...]:
+    """``S`` → ``(S, S, C)``, ``H W`` → ``(H, W, C)`` with the model's ``C``; ``H W C`` as given."""
+    if len(sizes) >= 3:
+        return tuple(sizes)
+    from cnnjax.models import get_model_info
+
+    known = get_model_info(model).input_shape
+    if known is None:
+        raise ValueError(f"--input-size: {model} declares no input_shape; give H W C")
+    return (*(sizes * 2 if len(sizes) == 1 else sizes), known[-1])
 
 
 def _plot(args: argparse.Namespace) -> int:
     from cnnjax.viz import plot_curves
 
-    print(plot_curves(args.workdirs, args.output))
+    print(plot_curves(args.workdirs, args.output, x_axis=args.x_axis))
     return 0
 
 

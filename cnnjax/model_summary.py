@@ -208,6 +208,8 @@ def print_summary(
     from cnnjax.models import create_model, get_model_info
 
     info = get_model_info(name)
+    if input_shape is None and info.input_shape is None:
+        raise ValueError(f"model {name!r} declares no input_shape: pass input_shape=(H, W, C)")
     model = create_model(name, **model_kwargs)
     shape = tuple(info.input_shape if input_shape is None else input_shape)
     result = summary(model, shape, batch_size=batch_size, depth=depth, print_fn=None)

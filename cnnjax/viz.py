@@ -1,7 +1,8 @@
 """Plots as PNG files (matplotlib, Agg backend: no display needed).
 
-* :func:`plot_curves` — loss and accuracy against step for the train and test records of one or
-  more runs' ``metrics.jsonl`` (several workdirs overlay, e.g. ``impl="custom"`` vs ``"xla"``).
+* :func:`plot_curves` — loss and accuracy against step or epoch for the train (dashed) and test
+  (solid) records of one or more runs' ``metrics.jsonl``; several workdirs overlay, one colour per
+  run (e.g. ``impl="custom"`` vs ``"xla"``).
 * :func:`plot_confusion` — a ``K × K`` confusion matrix (rows: true class, columns: predicted).
 * :func:`plot_filters` — first-layer kernels ``(kh, kw, C_in, C_out)`` as a grid of images.
 """
@@ -29,9 +30,14 @@ def _pyplot():
 def plot_curves(
     workdirs: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike | None = None,
+    *,
+    x_axis: str = "step",
 ) -> pathlib.Path:
     """Loss and accuracy curves from ``metrics.jsonl``; returns the PNG path.
 
+    Each run gets one colour; its train curve is dashed and its test curve solid.
+    ``x_axis`` is ``"step"`` (optimiser steps) or ``"epoch"`` (the record's epoch; a train record
+    logged mid-epoch sits at its fractional epoch ``step / steps_per_epoch``).
     ``output`` defaults to ``WORKDIR/curves.png`` (the first workdir's).
     """
     from cnnjax.train.metrics import read_metrics
@@ -39,30 +45,36 @@ def plot_curves(
     if isinstance(workdirs, str | os.PathLike):
         workdirs = [workdirs]
     workdirs = [pathlib.Path(w) for w in workdirs]
+    if x_axis not in ("step", "epoch"):
+        raise ValueError(f'x_axis must be "step" or "epoch", got {x_axis!r}')
     plt = _pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     found = False
-    for workdir in workdirs:
+    for index, workdir in enumerate(workdirs):
         records = read_metrics(workdir)
         if not records:
             continue
         found = True
         label = workdir.name if len(workdirs) > 1 else ""
+        x = _epoch_axis(records) if x_axis == "epoch" else (lambda r: r["step"])
         for split, style in (("train", "--"), ("test", "-")):
             rows = sorted((r for r in records if r["split"] == split), key=lambda r: r["step"])
             if not rows:
                 continue
-            steps = [r["step"] for r in rows]
-            name = f"{label} {split}".strip()
-            ax_loss.plot(steps, [r["loss"] for r in rows], style, marker=".", label=name)
-            ax_acc.plot(steps, [100 * r["accuracy"] for r in rows], style, marker=".", label=name)
+            xs = [x(r) for r in rows]
+            kw = dict(
+                color=colors[index % len(colors)], marker=".", label=f"{label} {split}".strip()
+            )
+            ax_loss.plot(xs, [r["loss"] for r in rows], style, **kw)
+            ax_acc.plot(xs, [100 * r["accuracy"] for r in rows], style, **kw)
     if not found:
         plt.close(fig)
         raise FileNotFoundError(
             f"no metrics.jsonl records under {', '.join(map(str, workdirs))}: train first"
         )
-    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
-    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel=x_axis, ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel=x_axis, ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -72,6 +84,13 @@ def plot_curves(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _epoch_axis(records: list[dict]):
+    """``record -> epoch``: steps per epoch from the end-of-epoch test records (else the epoch)."""
+    ends = sorted({(r["epoch"], r["step"]) for r in records if r["split"] == "test"})
+    per_epoch = ends[-1][1] / ends[-1][0] if ends and ends[-1][0] else None
+    return lambda r: r["step"] / per_epoch if per_epoch else r["epoch"]
 
 
 def plot_confusion(

@@ -66,7 +66,7 @@ def test_train_lenet5_on_digits_then_eval_and_plot(tmp_path, capsys):
     assert main(["eval", str(workdir)]) == 0
     out = capsys.readouterr().out
     assert f"test accuracy {match.group(1)}%" in out
-    assert (workdir / "confusion.png").stat().st_size > 1000
+    assert (workdir / "confusion_test_step126.png").stat().st_size > 1000
 
     assert main(["plot", str(workdir)]) == 0
     assert capsys.readouterr().out.strip() == str(workdir / "curves.png")
@@ -82,7 +82,7 @@ def test_train_lenet5_on_digits_then_eval_and_plot(tmp_path, capsys):
 
 
 def test_models_lists_names_inputs_and_parameter_counts(capsys):
-    assert main(["models", "lenet"]) == 0
+    assert main(["models", "lenet", "--params"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"lenet5\s+32×32×1\s+60,850", out), out
 

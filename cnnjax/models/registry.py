@@ -3,15 +3,26 @@
 Each entry records what a user (and the test-suite) needs to run the model without reading its
 source: the paper, the input shape the paper used, the smallest input the architecture accepts,
 and a small input used by tests to keep CI fast.
+
+A name of the form ``module:attr`` or ``path/to/file.py:attr`` is not looked up in the registry:
+it names your own model factory (a Linen module class or a function returning a module), which
+``train``, ``eval`` (from the run's saved config) and ``summary`` resolve the same way; see
+:func:`get_model_info`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
+import importlib.util
+import inspect
+import pathlib
+import sys
 from collections.abc import Callable
 
 import flax.linen as nn
+import numpy as np
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
 
@@ -20,14 +31,15 @@ __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "regist
 class ModelInfo:
     """What the registry knows about one model name.
 
-    ``input_shape`` is the paper's ``(H, W, C)``; ``min_input_size`` the smallest ``H == W`` that
+    ``input_shape`` is the paper's ``(H, W, C)`` (``None`` for a ``module:attr`` model that
+    declares no ``input_shape`` attribute); ``min_input_size`` the smallest ``H == W`` that
     runs; ``test_input_shape`` a small shape the tests use; ``default_num_classes`` the paper's.
     """
 
     name: str
     constructor: Callable[..., nn.Module]
     paper: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, int, int] | None
     min_input_size: int
     test_input_shape: tuple[int, int, int]
     default_num_classes: int = 1000
@@ -74,7 +86,15 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """The :class:`ModelInfo` of ``name``; an unknown name raises listing the valid ones."""
+    """The :class:`ModelInfo` of ``name``; an unknown name raises listing the valid ones.
+
+    ``name`` may also be ``module:attr`` (an importable module, the current directory first) or
+    ``path/to/file.py:attr``: ``attr`` is a Linen module class or a function returning a module,
+    called with ``num_classes=`` and, when it accepts them, ``impl=`` and ``dtype=``. An optional
+    ``input_shape = (H, W, C)`` attribute on it is the default input of ``cnnjax summary``.
+    """
+    if ":" in name:
+        return _external_info(name)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -100,3 +120,70 @@ def create_model(
         raise ValueError(f'impl must be "custom" or "xla", got {impl!r}')
     num_classes = info.default_num_classes if num_classes is None else num_classes
     return info.constructor(num_classes=num_classes, impl=impl, dtype=dtype, **overrides)
+
+
+def _external_info(name: str) -> ModelInfo:
+    """Resolve ``module:attr`` / ``file.py:attr`` to a :class:`ModelInfo` (not registered)."""
+    module_name, _, attr = name.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"model {name!r}: expected module:attr or path/to/file.py:attr")
+    module = _import_user_module(module_name, name)
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"model {name!r}: module {module_name!r} has no callable {attr!r}")
+    shape = getattr(factory, "input_shape", None)
+    shape = tuple(shape) if isinstance(shape, tuple | list) else None
+    return ModelInfo(
+        name=name,
+        constructor=_adapt_factory(factory, name),
+        paper=f"your model ({name})",
+        input_shape=shape,
+        min_input_size=1,
+        test_input_shape=shape or (32, 32, 3),
+        default_num_classes=getattr(factory, "default_num_classes", 10),
+    )
+
+
+def _import_user_module(module_name: str, name: str):
+    if module_name.endswith(".py"):
+        path = pathlib.Path(module_name)
+        if not path.is_file():
+            raise ValueError(f"model {name!r}: file {str(path)!r} does not exist")
+        spec = importlib.util.spec_from_file_location(f"_cnnjax_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    # The console script's sys.path starts at its own folder: add the working directory, as
+    # `python -m` would, so that `mynet:MyNet` finds ./mynet.py.
+    if "" not in sys.path and str(pathlib.Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(pathlib.Path.cwd()))
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"model {name!r}: cannot import {module_name!r} ({e})") from e
+
+
+def _adapt_factory(factory: Callable[..., nn.Module], name: str) -> Callable[..., nn.Module]:
+    """Call ``factory`` with ``num_classes`` and, if it takes them, ``impl`` and ``dtype``."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+    def constructor(*, num_classes, impl="custom", dtype=None, **overrides):
+        kwargs = dict(num_classes=num_classes, **overrides)
+        for key, value, is_default in (
+            ("impl", impl, impl == "custom"),
+            ("dtype", dtype, dtype is None or np.dtype(dtype) == np.float32),
+        ):
+            if takes_any or key in parameters:
+                kwargs[key] = value
+            elif not is_default:
+                raise ValueError(f"model {name!r} takes no {key!r} argument, got {key}={value!r}")
+        model = factory(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model {name!r} returned {type(model).__name__}, not a Linen Module")
+        return model
+
+    return constructor
