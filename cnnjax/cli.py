@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", choices=("auto", "none", "pmap", "sharded"))
     p.add_argument("--impl", choices=("custom", "xla"), help="op implementation")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument(
+        "--precision",
+        choices=("default", "high", "highest"),
+        help="conv/dense precision (default: the backend's, e.g. TF32 on NVIDIA GPUs)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--no-resume", action="store_true", help="refuse to resume (workdir must be fresh)"
@@ -84,9 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="PNG path (default: WORKDIR/curves.png)")
     p.set_defaults(handler=_plot)
 
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: ops, train (img/s per model), data (pipeline img/s)",
+        description="Benchmarks measured side by side in one process (medians, ratios).",
+    )
+    from cnnjax.bench import add_parsers as add_bench_parsers
+
+    add_bench_parsers(p)
+    p.set_defaults(handler=_bench)
+
     for name, text in (
         ("gradcheck", "compare every custom VJP with autodiff over random configurations"),
-        ("bench", "benchmark the ops, custom VJP vs xla, side by side"),
     ):
         p = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -98,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnjax`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the benchmarks
     try:
         status = args.handler(args)
     except (ValueError, FileNotFoundError) as e:
@@ -118,6 +133,7 @@ def _train(args: argparse.Namespace) -> int:
         "parallel": args.parallel,
         "impl": args.impl,
         "dtype": args.dtype,
+        "precision": args.precision,
         "seed": args.seed,
     }
     for key, value in flags.items():
@@ -206,6 +222,12 @@ def _plot(args: argparse.Namespace) -> int:
 
     print(plot_curves(args.workdirs, args.output))
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from cnnjax.bench import run
+
+    return run(args)
 
 
 def _forward(name: str):

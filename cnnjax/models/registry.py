@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from cnnjax.ops._common import canonicalize_precision
+
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
 
 
@@ -88,15 +90,21 @@ def create_model(
     num_classes: int | None = None,
     impl: str = "custom",
     dtype=None,
+    precision=None,
     **overrides,
 ) -> nn.Module:
     """Build a registered model: ``create_model("resnet18", num_classes=10, impl="xla")``.
 
     ``impl`` is threaded to every ``cnnjax.ops`` call inside the model; ``dtype`` is the compute
-    dtype (parameters stay float32); ``overrides`` go to the family's constructor.
+    dtype (parameters stay float32); ``precision`` (``None`` = backend default, ``"default"``,
+    ``"high"``, ``"highest"`` or a ``jax.lax.Precision``) goes to every convolution (forward and
+    backward) and dense layer; ``overrides`` go to the family's constructor.
     """
     info = get_model_info(name)
     if impl not in ("custom", "xla"):
         raise ValueError(f'impl must be "custom" or "xla", got {impl!r}')
+    precision = canonicalize_precision(precision, op=f"create_model({name!r})")
     num_classes = info.default_num_classes if num_classes is None else num_classes
-    return info.constructor(num_classes=num_classes, impl=impl, dtype=dtype, **overrides)
+    return info.constructor(
+        num_classes=num_classes, impl=impl, dtype=dtype, precision=precision, **overrides
+    )
