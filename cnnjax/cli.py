@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute dtype; parameters stay float32 (default: float32)",
     )
     p.add_argument(
+        "--precision",
+        choices=("default", "high", "highest"),
+        help="conv/dense precision (default: the backend's, e.g. TF32 on NVIDIA GPUs)",
+    )
+    p.add_argument(
         "--seed", type=int, help="seed of initialisation, shuffling and augmentation (default: 0)"
     )
     p.add_argument(
@@ -154,9 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_plot)
 
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: ops, train (img/s per model), data (pipeline img/s)",
+        description="Benchmarks measured side by side in one process (medians, ratios).",
+    )
+    from cnnjax.bench import add_parsers as add_bench_parsers
+
+    add_bench_parsers(p)
+    p.set_defaults(handler=_bench)
+
     for name, text in (
         ("gradcheck", "compare every custom VJP with autodiff over random configurations"),
-        ("bench", "benchmark the ops, custom VJP vs xla, side by side"),
     ):
         p = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -179,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnjax`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the benchmarks
     try:
         status = args.handler(args)
     except (ValueError, FileNotFoundError) as e:
@@ -199,6 +214,7 @@ def _train(args: argparse.Namespace) -> int:
         "parallel": args.parallel,
         "impl": args.impl,
         "dtype": args.dtype,
+        "precision": args.precision,
         "seed": args.seed,
         "val_split": args.val_split,
         "skip_bad_files": args.skip_bad_files or None,
@@ -328,6 +344,12 @@ def _plot(args: argparse.Namespace) -> int:
 
     print(plot_curves(args.workdirs, args.output, x_axis=args.x_axis))
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from cnnjax.bench import run
+
+    return run(args)
 
 
 def _forward(name: str):

@@ -7,7 +7,9 @@ backward rules of every layer are those of the op (``impl="custom"``: hand-deriv
 
 Every layer takes ``impl`` (``"custom"`` or ``"xla"``), ``dtype`` (the compute dtype; ``None``
 infers it from the input and parameters) and, where it has parameters, ``param_dtype``
-(``float32`` by default), as :mod:`flax.linen` does.
+(``float32`` by default), as :mod:`flax.linen` does. The convolution layers also take
+``precision`` (``None`` = the backend default; ``"highest"`` = full float32 on GPU/TPU), passed to
+the op for its forward and backward convolutions (:func:`cnnjax.ops.canonicalize_precision`).
 
 Initialisers (all overridable through ``kernel_init`` / ``bias_init``):
 
@@ -163,6 +165,7 @@ class Conv(nn.Module):
     kernel_init: Initializer = he_normal()
     bias_init: Initializer = nn.initializers.zeros
     impl: str = "custom"
+    precision: str | jax.lax.Precision | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -189,6 +192,7 @@ class Conv(nn.Module):
             dilation=self.dilation,
             groups=self.groups,
             impl=self.impl,
+            precision=self.precision,
         )
 
 
@@ -214,6 +218,7 @@ class ConvTranspose(nn.Module):
     kernel_init: Initializer | None = None
     bias_init: Initializer = nn.initializers.zeros
     impl: str = "custom"
+    precision: str | jax.lax.Precision | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -243,6 +248,7 @@ class ConvTranspose(nn.Module):
             dilation=self.dilation,
             groups=self.groups,
             impl=self.impl,
+            precision=self.precision,
         )
 
 
@@ -264,6 +270,7 @@ class DepthwiseConv(nn.Module):
     kernel_init: Initializer = he_normal()
     bias_init: Initializer = nn.initializers.zeros
     impl: str = "custom"
+    precision: str | jax.lax.Precision | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -285,6 +292,7 @@ class DepthwiseConv(nn.Module):
             padding=self.padding,
             dilation=self.dilation,
             impl=self.impl,
+            precision=self.precision,
         )
 
 
@@ -308,6 +316,7 @@ class SeparableConv(nn.Module):
     pointwise_init: Initializer = he_normal()
     bias_init: Initializer = nn.initializers.zeros
     impl: str = "custom"
+    precision: str | jax.lax.Precision | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -338,6 +347,7 @@ class SeparableConv(nn.Module):
             padding=self.padding,
             dilation=self.dilation,
             impl=self.impl,
+            precision=self.precision,
         )
 
 
@@ -365,6 +375,7 @@ class ConnectionTableConv(nn.Module):
     kernel_init: Initializer | None = None
     bias_init: Initializer = nn.initializers.zeros
     impl: str = "custom"
+    precision: str | jax.lax.Precision | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -396,7 +407,15 @@ class ConnectionTableConv(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         dense = jnp.zeros((*kernel_size, in_features * features), kernel.dtype)
         dense = dense.at[..., flat_index].set(kernel).reshape(*kernel_size, in_features, features)
-        return ops.conv(x, dense, bias, stride=self.stride, padding=self.padding, impl=self.impl)
+        return ops.conv(
+            x,
+            dense,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            impl=self.impl,
+            precision=self.precision,
+        )
 
 
 class _NoParams(nn.Module):

@@ -1,28 +1,130 @@
-"""``cnnjax bench``: benchmarks, reported as ratios measured side by side in one run.
+"""``cnnjax bench``: benchmarks, reported as ratios measured side by side in one process.
 
-    cnnjax bench ops [--batch 8] [--repeats 20] [--json out.json]
+    cnnjax bench ops [--batch 8] [--repeats 15] [--json out.json]
+    cnnjax bench train MODEL [--batch 128] [--steps 10] [--dtype float32,bfloat16] [--tiny]
+    cnnjax bench data DATASET [--batch 128] [--steps 20] [--padding 4] [--tiny]
 
-Subcommands live in this package, one module each; each exposes ``main(argv) -> int``.
+One module per suite (:mod:`~cnnjax.bench.ops`, :mod:`~cnnjax.bench.train`,
+:mod:`~cnnjax.bench.data`), each with ``run_from_args(args)``; the arguments are defined here
+(no JAX import) so that ``cnnjax bench SUITE --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["add_parsers", "main"]
+
+_COMMON_OUTPUT = (
+    ("--json", {"metavar": "PATH", "help": "also write {meta, results} as JSON to PATH"}),
+    (
+        "--append-md",
+        {
+            "metavar": "PATH",
+            "help": "append the table, machine and command to PATH "
+            "(e.g. experiments/BENCHMARKS.md)",
+        },
+    ),
+)
+
+
+def _timing_args(p: argparse.ArgumentParser, *, batch: int, steps: int, what: str) -> None:
+    p.add_argument("--batch", type=int, default=batch, help=f"images per {what} (default {batch})")
+    p.add_argument(
+        "--steps", type=int, default=steps, help=f"{what}s timed per round (default {steps})"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, help=f"untimed {what}s after compiling (default 2)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed rounds; the table shows medians (default 5)"
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke test: batch 4-8, 1-2 steps, 2 rounds, small images (numbers meaningless)",
+    )
+    for flag, kwargs in _COMMON_OUTPUT:
+        p.add_argument(flag, **kwargs)
+
+
+def add_parsers(bench: argparse.ArgumentParser) -> None:
+    """Add the ``ops``, ``train`` and ``data`` sub-commands to the ``bench`` parser."""
+    sub = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    p = sub.add_parser(
+        "ops",
+        help="per-op forward and forward+backward time, custom VJP vs xla",
+        description="Median forward and forward+backward times of every op, custom VJP vs XLA "
+        "autodiff (float32, jitted, timed in alternation). Times in ms; ratio = custom / xla "
+        "(< 1: the hand-written rule is faster).",
+    )
+    p.add_argument("--batch", type=int, default=8, help="batch size N (default 8)")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls; medians (default 15)")
+    p.add_argument("--only", help="run only workloads whose name contains this")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.set_defaults(bench_module="ops")
+
+    p = sub.add_parser(
+        "train",
+        help="training-step throughput (img/s) of a model on synthetic data",
+        description="Training-step throughput of MODEL on synthetic data: custom vs xla ops, "
+        "float32 and bfloat16 compute, and the PyTorch twin (CIFAR ResNets, LeNet-5) when torch "
+        "is installed; SGD + momentum 0.9 + weight decay 5e-4. Reports medians: img/s, ms/step, "
+        "compile time (s), compiled memory (MiB), custom/xla and jax/torch step-time ratios.",
+    )
+    p.add_argument("model", help="registered model name (see `cnnjax models`)")
+    _timing_args(p, batch=128, steps=10, what="step")
+    p.add_argument(
+        "--impl", default="custom,xla", help="comma list of custom, xla (default custom,xla)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32,bfloat16",
+        help="comma list of compute dtypes float32, bfloat16 (default both; params stay f32)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("default", "high", "highest"),
+        help="conv/dense precision (default: the backend's; 'highest' = no TF32 on GPU)",
+    )
+    p.add_argument("--image-size", type=int, help="H = W in pixels (default: the paper's)")
+    p.add_argument("--num-classes", type=int, help="classes (default: the paper's)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
+    p.set_defaults(bench_module="train")
+
+    p = sub.add_parser(
+        "data",
+        help="input-pipeline throughput (img/s) with the training augmentation",
+        description="Input pipeline alone: batches of DATASET with random crop (zero padding) "
+        "and flip, on the host (NumPy) and on the device (jitted), copied to the device. "
+        "Reports medians: img/s and ms per batch.",
+    )
+    p.add_argument("dataset", help="digits | synthetic | npz:PATH | folder:PATH | TFDS name")
+    _timing_args(p, batch=128, steps=20, what="batch")
+    p.add_argument("--padding", type=int, default=4, help="zero padding before the crop (px, 4)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
+    p.add_argument("--crop-size", type=int, help="crop side in px (default: the image size)")
+    p.add_argument("--image-size", type=int, help="fit images to this side first (px)")
+    p.set_defaults(bench_module="data")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch parsed ``bench`` arguments to ``cnnjax.bench.<suite>.run_from_args``."""
+    module = importlib.import_module(f"cnnjax.bench.{args.bench_module}")
+    return int(module.run_from_args(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cnnjax.bench SUITE ...``: the same as ``cnnjax bench SUITE ...``."""
     parser = argparse.ArgumentParser(prog="cnnjax bench", description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["ops"], help="which benchmark suite to run")
-    args, rest = parser.parse_known_args(argv)
-    if args.suite == "ops":
-        from cnnjax.bench import ops
-
-        return ops.main(rest)
-    raise AssertionError(args.suite)  # pragma: no cover
+    add_parsers(parser)
+    args = parser.parse_args(argv)
+    args.argv = ["bench", *(sys.argv[1:] if argv is None else argv)]
+    return run(args)
 
 
 if __name__ == "__main__":

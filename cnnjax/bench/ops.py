@@ -175,17 +175,8 @@ def _format_row(row: dict) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cnnjax bench ops",
-        description="Median forward and forward+backward times, custom VJP vs XLA autodiff "
-        "(float32, jitted, timed in alternation). Times in ms; ratio = custom / xla.",
-    )
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--only", help="run only workloads whose name contains this")
-    parser.add_argument("--json", help="also write the results as JSON to this path")
-    args = parser.parse_args(argv)
+def run_from_args(args: argparse.Namespace) -> int:
+    """The ``cnnjax bench ops`` handler (arguments defined in :mod:`cnnjax.bench`)."""
     device = jax.devices()[0]
     print(
         f"# jax {jax.__version__} on {device.platform} ({device.device_kind}), "
@@ -200,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump({"meta": meta, "results": rows}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cnnjax.bench.ops ...`` = ``cnnjax bench ops ...``."""
+    from cnnjax.bench import main as bench_main
+
+    return bench_main(["ops", *(argv or [])])
 
 
 if __name__ == "__main__":

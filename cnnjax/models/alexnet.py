@@ -68,6 +68,7 @@ class AlexNet(nn.Module):
 
     num_classes: int = 1000
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     head_width: int = 4096
     dropout_rate: float = 0.5
@@ -78,6 +79,7 @@ class AlexNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="AlexNet (alexnet)", min_size=self.min_input_size)
         common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
 
         def conv(features, kernel, stride=1, padding=0, groups=1, bias=0.0, name=None):
             return Conv(
@@ -89,7 +91,7 @@ class AlexNet(nn.Module):
                 kernel_init=_PAPER_INIT,
                 bias_init=nn.initializers.constant(bias),
                 name=name,
-                **common,
+                **conv_kw,
             )
 
         def pool(y):
@@ -111,9 +113,16 @@ class AlexNet(nn.Module):
                 bias_init=nn.initializers.ones,
                 dtype=self.dtype,
                 name=name,
+                precision=self.precision,
             )(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        return nn.Dense(self.num_classes, kernel_init=_PAPER_INIT, dtype=self.dtype, name="fc8")(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=_PAPER_INIT,
+            dtype=self.dtype,
+            name="fc8",
+            precision=self.precision,
+        )(x)
 
 
 class AlexNetTorchvision(nn.Module):
@@ -125,6 +134,7 @@ class AlexNetTorchvision(nn.Module):
 
     num_classes: int = 1000
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     head_width: int = 4096
     dropout_rate: float = 0.5
@@ -137,22 +147,35 @@ class AlexNetTorchvision(nn.Module):
             x, model="AlexNetTorchvision (alexnet_torchvision)", min_size=self.min_input_size
         )
         common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
 
         def pool(y):
             return MaxPool((3, 3), stride=2, **common)(y)
 
-        x = pool(nn.relu(Conv(64, (11, 11), stride=4, padding=2, name="conv1", **common)(x)))
-        x = pool(nn.relu(Conv(192, (5, 5), padding=2, name="conv2", **common)(x)))
-        x = nn.relu(Conv(384, (3, 3), padding=1, name="conv3", **common)(x))
-        x = nn.relu(Conv(256, (3, 3), padding=1, name="conv4", **common)(x))
-        x = pool(nn.relu(Conv(256, (3, 3), padding=1, name="conv5", **common)(x)))
+        x = pool(nn.relu(Conv(64, (11, 11), stride=4, padding=2, name="conv1", **conv_kw)(x)))
+        x = pool(nn.relu(Conv(192, (5, 5), padding=2, name="conv2", **conv_kw)(x)))
+        x = nn.relu(Conv(384, (3, 3), padding=1, name="conv3", **conv_kw)(x))
+        x = nn.relu(Conv(256, (3, 3), padding=1, name="conv4", **conv_kw)(x))
+        x = pool(nn.relu(Conv(256, (3, 3), padding=1, name="conv5", **conv_kw)(x)))
         x = AdaptiveAvgPool((6, 6), **common)(x)
         x = x.reshape(x.shape[0], -1)
         for name in ("fc6", "fc7"):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.Dense(self.head_width, kernel_init=_PAPER_INIT, dtype=self.dtype, name=name)(x)
+            x = nn.Dense(
+                self.head_width,
+                kernel_init=_PAPER_INIT,
+                dtype=self.dtype,
+                name=name,
+                precision=self.precision,
+            )(x)
             x = nn.relu(x)
-        return nn.Dense(self.num_classes, kernel_init=_PAPER_INIT, dtype=self.dtype, name="fc8")(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=_PAPER_INIT,
+            dtype=self.dtype,
+            name="fc8",
+            precision=self.precision,
+        )(x)
 
 
 register_model(

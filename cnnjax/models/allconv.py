@@ -52,6 +52,7 @@ class AllConvNet(nn.Module):
 
     num_classes: int = 10
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     widths: tuple[int, int] = (96, 192)
     final_relu: bool = True
@@ -64,9 +65,10 @@ class AllConvNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="AllConvNet (allconv_c)", min_size=self.min_input_size)
         common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
 
         def conv_relu(y, features, kernel, stride=1, padding=0):
-            layer = Conv(features, (kernel, kernel), stride=stride, padding=padding, **common)
+            layer = Conv(features, (kernel, kernel), stride=stride, padding=padding, **conv_kw)
             return nn.relu(layer(y))
 
         x = nn.Dropout(self.input_dropout, deterministic=not train)(x)
@@ -77,7 +79,7 @@ class AllConvNet(nn.Module):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = conv_relu(x, self.widths[-1], 3)
         x = conv_relu(x, self.widths[-1], 1)
-        x = Conv(self.num_classes, (1, 1), **common)(x)
+        x = Conv(self.num_classes, (1, 1), **conv_kw)(x)
         if self.final_relu:
             x = nn.relu(x)
         return ops.global_avg_pool(x, impl=self.impl)

@@ -78,6 +78,7 @@ def _conv(module: nn.Module, x: jax.Array, features: int, kernel: int, name: str
         impl=module.impl,
         dtype=module.dtype,
         name=name,
+        precision=module.precision,
     )(x)
 
 
@@ -103,6 +104,7 @@ class DenseBlock(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     @nn.compact
@@ -131,6 +133,7 @@ class Transition(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     @nn.compact
@@ -168,6 +171,7 @@ class DenseNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     @nn.compact
@@ -178,6 +182,7 @@ class DenseNet(nn.Module):
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "impl": self.impl,
+            "precision": self.precision,
             "dtype": self.dtype,
         }
         norm = functools.partial(
@@ -188,7 +193,9 @@ class DenseNet(nn.Module):
             axis_name=self.axis_name,
             dtype=self.dtype,
         )
-        conv = functools.partial(Conv, use_bias=False, impl=self.impl, dtype=self.dtype)
+        conv = functools.partial(
+            Conv, use_bias=False, impl=self.impl, dtype=self.dtype, precision=self.precision
+        )
         if self.stem == "imagenet":
             x = conv(self.init_features, (7, 7), stride=2, padding=3, name="conv0")(x)
             x = nn.relu(norm(name="norm0")(x))
@@ -213,7 +220,9 @@ class DenseNet(nn.Module):
                 )
         x = nn.relu(norm(name=f"norm{len(self.block_sizes) + 1}")(x))
         x = ops.global_avg_pool(x, impl=self.impl)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+        return nn.Dense(
+            self.num_classes, dtype=self.dtype, name="classifier", precision=self.precision
+        )(x)
 
 
 def _min_input_size(block_sizes: Sequence[int], stem: str) -> int:

@@ -78,6 +78,7 @@ class InceptionBlock(nn.Module):
     ch5x5: int
     pool_proj: int
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     kernel_init: Any = _INIT
     act: Any = nn.relu
@@ -93,6 +94,7 @@ class InceptionBlock(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name=name,
+                precision=self.precision,
             )
             return lambda y: self.act(layer(y))
 
@@ -111,17 +113,29 @@ class _AuxClassifier(nn.Module):
 
     num_classes: int
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
         x = AvgPool((5, 5), stride=3, **common)(x)
-        x = nn.relu(Conv(128, (1, 1), kernel_init=_INIT, name="conv", **common)(x))
+        x = nn.relu(Conv(128, (1, 1), kernel_init=_INIT, name="conv", **conv_kw)(x))
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(1024, kernel_init=_INIT, dtype=self.dtype, name="fc1")(x))
+        x = nn.relu(
+            nn.Dense(
+                1024, kernel_init=_INIT, dtype=self.dtype, name="fc1", precision=self.precision
+            )(x)
+        )
         x = nn.Dropout(0.7, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=_INIT, dtype=self.dtype, name="fc2")(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=_INIT,
+            dtype=self.dtype,
+            name="fc2",
+            precision=self.precision,
+        )(x)
 
 
 class GoogLeNet(nn.Module):
@@ -134,6 +148,7 @@ class GoogLeNet(nn.Module):
 
     num_classes: int = 1000
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     aux_logits: bool = True
     dropout_rate: float = 0.4
@@ -148,6 +163,7 @@ class GoogLeNet(nn.Module):
     ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         check_input_size(x, model="GoogLeNet (googlenet)", min_size=self.min_input_size)
         common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
 
         def pool(y):
             return MaxPool((3, 3), stride=2, ceil_mode=True, **common)(y)
@@ -163,7 +179,7 @@ class GoogLeNet(nn.Module):
                 padding=kernel // 2,
                 kernel_init=_INIT,
                 name=name,
-                **common,
+                **conv_kw,
             )
             return lambda y: nn.relu(layer(y))
 
@@ -177,14 +193,20 @@ class GoogLeNet(nn.Module):
                 x = pool(x)
                 continue
             x = InceptionBlock(
-                *GOOGLENET_INCEPTION_CONFIGS[block], name=f"inception{block}", **common
+                *GOOGLENET_INCEPTION_CONFIGS[block], name=f"inception{block}", **conv_kw
             )(x)
             if run_aux and block in ("4a", "4d"):
-                head = _AuxClassifier(self.num_classes, name=f"aux{len(aux) + 1}", **common)
+                head = _AuxClassifier(self.num_classes, name=f"aux{len(aux) + 1}", **conv_kw)
                 aux.append(head(x, train))
         x = ops.global_avg_pool(x, impl=self.impl)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, kernel_init=_INIT, dtype=self.dtype, name="fc")(x)
+        logits = nn.Dense(
+            self.num_classes,
+            kernel_init=_INIT,
+            dtype=self.dtype,
+            name="fc",
+            precision=self.precision,
+        )(x)
         if self.aux_logits and train:
             return logits, (aux[0], aux[1])
         return logits

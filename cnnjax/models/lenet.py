@@ -90,6 +90,7 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     output: str = "softmax"
     rbf_seed: int = 0
@@ -104,15 +105,24 @@ class LeNet5(nn.Module):
             raise ValueError(f'LeNet5: output must be "softmax" or "rbf", got {self.output!r}')
         init = lecun1998_uniform()
         common = {"impl": self.impl, "dtype": self.dtype}
-        x = scaled_tanh(Conv(6, (5, 5), kernel_init=init, name="C1", **common)(x))
+        conv_kw = {**common, "precision": self.precision}
+        x = scaled_tanh(Conv(6, (5, 5), kernel_init=init, name="C1", **conv_kw)(x))
         x = scaled_tanh(TrainableSubsampling(2, name="S2", **common)(x))
-        x = scaled_tanh(ConnectionTableConv(LENET5_C3_TABLE, (5, 5), name="C3", **common)(x))
+        x = scaled_tanh(ConnectionTableConv(LENET5_C3_TABLE, (5, 5), name="C3", **conv_kw)(x))
         x = scaled_tanh(TrainableSubsampling(2, name="S4", **common)(x))
-        x = scaled_tanh(Conv(120, (5, 5), kernel_init=init, name="C5", **common)(x))
+        x = scaled_tanh(Conv(120, (5, 5), kernel_init=init, name="C5", **conv_kw)(x))
         x = x.reshape(x.shape[0], -1)
-        x = scaled_tanh(nn.Dense(84, kernel_init=init, dtype=self.dtype, name="F6")(x))
+        x = scaled_tanh(
+            nn.Dense(84, kernel_init=init, dtype=self.dtype, name="F6", precision=self.precision)(x)
+        )
         if self.output == "softmax":
-            return nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name="output")(x)
+            return nn.Dense(
+                self.num_classes,
+                kernel_init=init,
+                dtype=self.dtype,
+                name="output",
+                precision=self.precision,
+            )(x)
         codes = np.random.default_rng(self.rbf_seed).choice([-1.0, 1.0], (self.num_classes, 84))
         codes = jnp.asarray(codes, x.dtype)
         return -jnp.sum((x[:, None, :] - codes[None, :, :]) ** 2, axis=-1)

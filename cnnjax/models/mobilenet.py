@@ -66,6 +66,7 @@ class SeparableBlock(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     @nn.compact
@@ -86,6 +87,7 @@ class SeparableBlock(nn.Module):
             impl=self.impl,
             dtype=self.dtype,
             name="depthwise",
+            precision=self.precision,
         )(x)
         x = nn.relu(norm(name="depthwise_bn")(x))
         x = Conv(
@@ -95,6 +97,7 @@ class SeparableBlock(nn.Module):
             impl=self.impl,
             dtype=self.dtype,
             name="pointwise",
+            precision=self.precision,
         )(x)
         return nn.relu(norm(name="pointwise_bn")(x))
 
@@ -123,6 +126,7 @@ class MobileNetV1(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     min_input_size = 1  # every stride-2 conv pads, so even a 1×1 image runs
@@ -142,6 +146,7 @@ class MobileNetV1(nn.Module):
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "impl": self.impl,
+            "precision": self.precision,
             "dtype": self.dtype,
         }
         x = Conv(
@@ -153,6 +158,7 @@ class MobileNetV1(nn.Module):
             impl=self.impl,
             dtype=self.dtype,
             name="conv1",
+            precision=self.precision,
         )(x)
         x = nn.BatchNorm(
             use_running_average=not train,
@@ -169,7 +175,9 @@ class MobileNetV1(nn.Module):
             )
         x = ops.global_avg_pool(x, impl=self.impl)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+        return nn.Dense(
+            self.num_classes, dtype=self.dtype, name="classifier", precision=self.precision
+        )(x)
 
 
 mobilenet_v1 = register_model(

@@ -42,6 +42,7 @@ class MLPConvBlock(nn.Module):
     features: tuple[int, ...]
     kernel_size: int
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     final_relu: bool = True
 
@@ -50,7 +51,12 @@ class MLPConvBlock(nn.Module):
         for i, features in enumerate(self.features):
             kernel = self.kernel_size if i == 0 else 1
             x = Conv(
-                features, (kernel, kernel), padding=kernel // 2, impl=self.impl, dtype=self.dtype
+                features,
+                (kernel, kernel),
+                padding=kernel // 2,
+                impl=self.impl,
+                dtype=self.dtype,
+                precision=self.precision,
             )(x)
             if self.final_relu or i < len(self.features) - 1:
                 x = nn.relu(x)
@@ -65,6 +71,7 @@ class NiN(nn.Module):
 
     num_classes: int = 10
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     final_relu: bool = True
     dropout_rate: float = 0.5
@@ -75,13 +82,14 @@ class NiN(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="NiN (nin)", min_size=self.min_input_size)
         common = {"impl": self.impl, "dtype": self.dtype}
-        x = MLPConvBlock((192, 160, 96), 5, **common)(x)
+        conv_kw = {**common, "precision": self.precision}
+        x = MLPConvBlock((192, 160, 96), 5, **conv_kw)(x)
         x = MaxPool((3, 3), stride=2, ceil_mode=True, **common)(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = MLPConvBlock((192, 192, 192), 5, **common)(x)
+        x = MLPConvBlock((192, 192, 192), 5, **conv_kw)(x)
         x = AvgPool((3, 3), stride=2, ceil_mode=True, count_include_pad=False, **common)(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = MLPConvBlock((192, 192, self.num_classes), 3, final_relu=self.final_relu, **common)(x)
+        x = MLPConvBlock((192, 192, self.num_classes), 3, final_relu=self.final_relu, **conv_kw)(x)
         return ops.global_avg_pool(x, impl=self.impl)
 
 

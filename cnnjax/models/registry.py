@@ -24,6 +24,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import numpy as np
 
+from cnnjax.ops._common import canonicalize_precision
+
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
 
 
@@ -108,18 +110,24 @@ def create_model(
     num_classes: int | None = None,
     impl: str = "custom",
     dtype=None,
+    precision=None,
     **overrides,
 ) -> nn.Module:
     """Build a registered model: ``create_model("resnet18", num_classes=10, impl="xla")``.
 
     ``impl`` is threaded to every ``cnnjax.ops`` call inside the model; ``dtype`` is the compute
-    dtype (parameters stay float32); ``overrides`` go to the family's constructor.
+    dtype (parameters stay float32); ``precision`` (``None`` = backend default, ``"default"``,
+    ``"high"``, ``"highest"`` or a ``jax.lax.Precision``) goes to every convolution (forward and
+    backward) and dense layer; ``overrides`` go to the family's constructor.
     """
     info = get_model_info(name)
     if impl not in ("custom", "xla"):
         raise ValueError(f'impl must be "custom" or "xla", got {impl!r}')
+    precision = canonicalize_precision(precision, op=f"create_model({name!r})")
     num_classes = info.default_num_classes if num_classes is None else num_classes
-    return info.constructor(num_classes=num_classes, impl=impl, dtype=dtype, **overrides)
+    return info.constructor(
+        num_classes=num_classes, impl=impl, dtype=dtype, precision=precision, **overrides
+    )
 
 
 def _external_info(name: str) -> ModelInfo:
@@ -171,11 +179,12 @@ def _adapt_factory(factory: Callable[..., nn.Module], name: str) -> Callable[...
         parameters = {}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
-    def constructor(*, num_classes, impl="custom", dtype=None, **overrides):
+    def constructor(*, num_classes, impl="custom", dtype=None, precision=None, **overrides):
         kwargs = dict(num_classes=num_classes, **overrides)
         for key, value, is_default in (
             ("impl", impl, impl == "custom"),
             ("dtype", dtype, dtype is None or np.dtype(dtype) == np.float32),
+            ("precision", precision, precision is None),
         ):
             if takes_any or key in parameters:
                 kwargs[key] = value

@@ -90,6 +90,7 @@ class _BlockFields(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     def _conv(self, features: int, kernel: int, stride: int, name: str) -> Conv:
@@ -102,6 +103,7 @@ class _BlockFields(nn.Module):
             impl=self.impl,
             dtype=self.dtype,
             name=name,
+            precision=self.precision,
         )
 
     def _norm(self, train: bool, name: str, zero: bool = False) -> nn.BatchNorm:
@@ -210,6 +212,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
 
     min_input_size = 1  # every stride-2 layer pads, so even a 1×1 image runs
@@ -241,6 +244,7 @@ class ResNet(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name="conv1",
+                precision=self.precision,
             )(x)
             x = nn.relu(norm(name="bn1")(x))
             x = MaxPool(
@@ -255,6 +259,7 @@ class ResNet(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name="conv1",
+                precision=self.precision,
             )(x)
             x = nn.relu(norm(name="bn1")(x))
         else:
@@ -274,9 +279,10 @@ class ResNet(nn.Module):
                     impl=self.impl,
                     dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
+                    precision=self.precision,
                 )(x, train)
         x = ops.global_avg_pool(x, impl=self.impl)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc", precision=self.precision)(x)
 
 
 def _imagenet(name: str, stage_sizes: tuple[int, ...], block_cls: Any) -> Any:

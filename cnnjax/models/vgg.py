@@ -60,6 +60,7 @@ class VGG(nn.Module):
     config: Sequence[int | str]
     num_classes: int = 1000
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     batch_norm: bool = False
     head_width: int = 4096
@@ -74,12 +75,13 @@ class VGG(nn.Module):
         name = f"vgg{depth}{'_bn' if self.batch_norm else ''}"
         check_input_size(x, model=f"VGG ({name})", min_size=self.min_input_size)
         common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
         init = nn.initializers.glorot_uniform()
         for i, item in enumerate(self.config):
             if item == "M":
                 x = MaxPool((2, 2), stride=2, **common)(x)
                 continue
-            x = Conv(item, (3, 3), padding=1, kernel_init=init, name=f"conv{i}", **common)(x)
+            x = Conv(item, (3, 3), padding=1, kernel_init=init, name=f"conv{i}", **conv_kw)(x)
             if self.batch_norm:
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -93,9 +95,23 @@ class VGG(nn.Module):
         x = AdaptiveAvgPool((7, 7), **common)(x)
         x = x.reshape(x.shape[0], -1)
         for name in ("fc1", "fc2"):
-            x = nn.relu(nn.Dense(self.head_width, kernel_init=init, dtype=self.dtype, name=name)(x))
+            x = nn.relu(
+                nn.Dense(
+                    self.head_width,
+                    kernel_init=init,
+                    dtype=self.dtype,
+                    name=name,
+                    precision=self.precision,
+                )(x)
+            )
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name="fc3")(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=init,
+            dtype=self.dtype,
+            name="fc3",
+            precision=self.precision,
+        )(x)
 
 
 _PAPER = (

@@ -56,6 +56,7 @@ class ZFNet(nn.Module):
 
     num_classes: int = 1000
     impl: str = "custom"
+    precision: Any = None
     dtype: Any = None
     widths: Sequence[int] = (384, 384, 256)
     head_width: int = 4096
@@ -67,6 +68,7 @@ class ZFNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="ZFNet (zfnet)", min_size=self.min_input_size)
         common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
 
         def conv(features, kernel, stride=1, padding=0, name=None):
             return Conv(
@@ -76,7 +78,7 @@ class ZFNet(nn.Module):
                 padding=padding,
                 kernel_init=_PAPER_INIT,
                 name=name,
-                **common,
+                **conv_kw,
             )
 
         def pool(y):
@@ -92,9 +94,21 @@ class ZFNet(nn.Module):
         x = pool(x)
         x = x.reshape(x.shape[0], -1)
         for name in ("fc6", "fc7"):
-            x = nn.Dense(self.head_width, kernel_init=_PAPER_INIT, dtype=self.dtype, name=name)(x)
+            x = nn.Dense(
+                self.head_width,
+                kernel_init=_PAPER_INIT,
+                dtype=self.dtype,
+                name=name,
+                precision=self.precision,
+            )(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        return nn.Dense(self.num_classes, kernel_init=_PAPER_INIT, dtype=self.dtype, name="fc8")(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=_PAPER_INIT,
+            dtype=self.dtype,
+            name="fc8",
+            precision=self.precision,
+        )(x)
 
 
 _PAPER = (

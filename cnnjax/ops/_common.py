@@ -10,6 +10,9 @@ from jax import lax
 Impl = Literal["custom", "xla"]
 IMPLS = ("custom", "xla")
 
+PrecisionLike = str | lax.Precision | None
+PRECISIONS = ("default", "high", "highest")
+
 FORWARD_MODE_MESSAGE = (
     "forward-mode differentiation (jvp/jacfwd) is impossible through a jax.custom_vjp; "
     'call the op with impl="xla" (plain lax + autodiff) to use forward mode'
@@ -19,6 +22,44 @@ FORWARD_MODE_MESSAGE = (
 def check_impl(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f'impl must be "custom" or "xla", got {impl!r}')
+
+
+def canonicalize_precision(precision: PrecisionLike, *, op: str = "conv") -> lax.Precision | None:
+    """``None`` | ``"default"`` | ``"high"`` | ``"highest"`` | ``lax.Precision`` → hashable value.
+
+    The result is passed as ``precision=`` to every ``lax.conv_general_dilated`` of an op, the
+    custom VJP's backward convolutions included (it is a static argument of the custom VJP).
+    What each setting computes for float32 operands (bfloat16/float16 operands are multiplied
+    in their own type at every setting; accumulation is float32 on GPU/TPU):
+
+    ============ ======================= ============================== =========================
+    precision    CPU (XLA:CPU, Eigen)    NVIDIA GPU (cuDNN)              TPU (MXU)
+    ============ ======================= ============================== =========================
+    ``None``     float32 (exact f32)     TF32 on Ampere/Hopper (10-bit   one bfloat16 pass
+                                         mantissa), unless                (``jax_default_matmul_
+                                         ``jax_default_matmul_precision``  precision`` applies)
+                                         says otherwise
+    "default"    float32                 TF32 on Ampere/Hopper           one bfloat16 pass
+    "high"       float32                 TF32 (cuDNN has no bf16x3)      three bfloat16 passes
+    "highest"    float32                 full float32 (no TF32):         six bfloat16 passes
+                                         several times slower on          (≈ float32)
+                                         A100/H100/H200
+    ============ ======================= ============================== =========================
+
+    ``None`` differs from ``"default"`` only in that it lets the global
+    ``jax.default_matmul_precision`` setting decide. float64 is always computed in float64.
+
+    Raises:
+      ValueError: an unknown string or type, naming ``op`` and the accepted values.
+    """
+    if precision is None or isinstance(precision, lax.Precision):
+        return precision
+    if isinstance(precision, str) and precision.lower() in PRECISIONS:
+        return lax.Precision(precision.lower())
+    raise ValueError(
+        f"{op}: precision must be None, one of {', '.join(map(repr, PRECISIONS))} or a "
+        f"jax.lax.Precision, got {precision!r}"
+    )
 
 
 def spatial_ndim(x: jax.Array, name: str = "x", *, op: str) -> int:

@@ -31,7 +31,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnnjax.ops._common import (
+    PrecisionLike,
     call_custom_vjp,
+    canonicalize_precision,
     check_impl,
     conv_dimension_numbers,
     spatial_ndim,
@@ -64,6 +66,7 @@ def conv(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     impl: str = "custom",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """N-d convolution (cross-correlation, as in every deep-learning library), channels-last.
 
@@ -80,6 +83,9 @@ def conv(
       groups: ``C_in`` and ``C_out`` are split into ``groups`` independent convolutions.
       impl: ``"custom"`` (our ``jax.custom_vjp``) or ``"xla"`` (lax + autodiff; needed for
         forward-mode differentiation, which a custom VJP cannot provide).
+      precision: ``None`` (the backend's default, as :func:`jax.lax.conv_general_dilated`),
+        ``"default"``, ``"high"``, ``"highest"`` or a :class:`jax.lax.Precision`; the custom
+        VJP's backward convolutions use the same precision (see :func:`canonicalize_precision`).
 
     Returns:
       ``(N, *out, C_out)`` with ``out = floor((n + lo + hi - d*(k-1) - 1) / s) + 1`` per dim.
@@ -107,10 +113,12 @@ def conv(
                 f"floor(({n} + {lo} + {hi} - {d}*({k}-1) - 1) / {s}) + 1 = {out}; "
                 "use a larger input, more padding, or a smaller kernel/dilation"
             )
+    precision = canonicalize_precision(precision, op="conv")
     x, w, b = _promote(x, w, b, op="conv")
+    args = (stride_t, pads, dilation_t, groups, precision)
     if impl == "xla":
-        return _add_bias(_conv_forward(x, w, stride_t, pads, dilation_t, groups), b)
-    return call_custom_vjp("conv", _conv_custom, x, w, b, stride_t, pads, dilation_t, groups)
+        return _add_bias(_conv_forward(x, w, *args), b)
+    return call_custom_vjp("conv", _conv_custom, x, w, b, *args)
 
 
 def conv_transpose(
@@ -124,6 +132,7 @@ def conv_transpose(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     impl: str = "custom",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """N-d transposed convolution with PyTorch's semantics, channels-last.
 
@@ -140,6 +149,7 @@ def conv_transpose(
       padding: an int, per-dim ints or ``(lo, hi)`` pairs: the padding of the *forward* conv that
         this op transposes (PyTorch's ``padding``); removes ``lo``/``hi`` from the output.
       output_padding: extra size added on the high side, ``< stride`` or ``< dilation`` per dim.
+      precision: as :func:`conv` (forward and backward).
 
     Returns:
       ``(N, *out, C_out)`` with ``out = (n-1)*s - lo - hi + d*(k-1) + output_padding + 1``.
@@ -178,9 +188,10 @@ def conv_transpose(
     # The forward conv that this op transposes maps out_spatial -> x.spatial. Its high padding is
     # reduced by output_padding so that it sees exactly the out_spatial inputs it uses.
     conv_pads = tuple((lo, hi - op_) for (lo, hi), op_ in zip(pads, output_padding_t, strict=True))
+    precision = canonicalize_precision(precision, op="conv_transpose")
     x, w, b = _promote(x, w, b, op="conv_transpose")
     w_conv = jnp.swapaxes(w, -1, -2)  # (*k, C_out/groups, C_in): the kernel of that forward conv
-    args = (tuple(out_spatial), stride_t, conv_pads, dilation_t, groups)
+    args = (tuple(out_spatial), stride_t, conv_pads, dilation_t, groups, precision)
     if impl == "xla":
         return _add_bias(_conv_input_grad(x, w_conv, *args), b)
     return call_custom_vjp("conv_transpose", _conv_transpose_custom, x, w_conv, b, *args)
@@ -195,11 +206,13 @@ def depthwise_conv(
     padding: Padding = 0,
     dilation: int | Sequence[int] = 1,
     impl: str = "custom",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Depthwise convolution: each input channel gets its own ``multiplier`` filters.
 
     ``x``: ``(N, *spatial, C)``; ``w``: ``(*kernel, 1, C * multiplier)``; returns
-    ``(N, *out, C * multiplier)``. It is :func:`conv` with ``groups = C``.
+    ``(N, *out, C * multiplier)``. It is :func:`conv` with ``groups = C`` (``precision`` as
+    there).
     """
     spatial_ndim(x, op="depthwise_conv")
     if w.ndim != x.ndim or w.shape[-2] != 1 or w.shape[-1] % x.shape[-1] != 0:
@@ -216,6 +229,7 @@ def depthwise_conv(
         dilation=dilation,
         groups=x.shape[-1],
         impl=impl,
+        precision=precision,
     )
 
 
@@ -229,15 +243,24 @@ def separable_conv(
     padding: Padding = 0,
     dilation: int | Sequence[int] = 1,
     impl: str = "custom",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Depthwise-separable convolution: a depthwise conv, then a 1×1 (pointwise) conv.
 
     ``w_depthwise``: ``(*kernel, 1, C * multiplier)``; ``w_pointwise``:
     ``(1, ..., 1, C * multiplier, C_out)``; ``b``: optional ``(C_out,)`` added after the
-    pointwise conv. Returns ``(N, *out, C_out)``.
+    pointwise conv. Returns ``(N, *out, C_out)``. ``precision`` as :func:`conv`, for both convs.
     """
-    h = depthwise_conv(x, w_depthwise, stride=stride, padding=padding, dilation=dilation, impl=impl)
-    return conv(h, w_pointwise, b, impl=impl)
+    h = depthwise_conv(
+        x,
+        w_depthwise,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        impl=impl,
+        precision=precision,
+    )
+    return conv(h, w_pointwise, b, impl=impl, precision=precision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +269,13 @@ def separable_conv(
 
 
 def _conv_forward(
-    x: jax.Array, w: jax.Array, stride: tuple, pads: Pairs, dilation: tuple, groups: int
+    x: jax.Array,
+    w: jax.Array,
+    stride: tuple,
+    pads: Pairs,
+    dilation: tuple,
+    groups: int,
+    precision: lax.Precision | None,
 ) -> jax.Array:
     """``y[n, o, co] = sum_{k, ci} x_pad[n, o*s + k*d, ci] w[k, ci, co]`` (per group)."""
     ndim = x.ndim - 2
@@ -258,7 +287,7 @@ def _conv_forward(
         rhs_dilation=dilation,
         dimension_numbers=conv_dimension_numbers(ndim),
         feature_group_count=groups,
-        precision=lax.Precision.HIGHEST,
+        precision=precision,
     )
 
 
@@ -270,6 +299,7 @@ def _conv_input_grad(
     pads: Pairs,
     dilation: tuple,
     groups: int,
+    precision: lax.Precision | None,
 ) -> jax.Array:
     """``dx`` of ``y = _conv_forward(x, w)`` for output grad ``g``; ``x`` spatial = in_spatial.
 
@@ -297,7 +327,7 @@ def _conv_input_grad(
         rhs_dilation=dilation,
         dimension_numbers=conv_dimension_numbers(ndim),
         feature_group_count=groups,
-        precision=lax.Precision.HIGHEST,
+        precision=precision,
     )
 
 
@@ -309,6 +339,7 @@ def _conv_weight_grad(
     pads: Pairs,
     dilation: tuple,
     groups: int,
+    precision: lax.Precision | None,
 ) -> jax.Array:
     """``dw`` of ``y = _conv_forward(x, w)``.
 
@@ -341,7 +372,7 @@ def _conv_weight_grad(
         rhs_dilation=stride,
         dimension_numbers=dimension_numbers,
         batch_group_count=groups,
-        precision=lax.Precision.HIGHEST,
+        precision=precision,
     )
 
 
@@ -360,21 +391,22 @@ def _swap_in_out_per_group(w: jax.Array, groups: int) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _conv_custom(x, w, b, stride, pads, dilation, groups):
-    return _add_bias(_conv_forward(x, w, stride, pads, dilation, groups), b)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _conv_custom(x, w, b, stride, pads, dilation, groups, precision):
+    return _add_bias(_conv_forward(x, w, stride, pads, dilation, groups, precision), b)
 
 
-def _conv_custom_fwd(x, w, b, stride, pads, dilation, groups):
-    return _conv_custom(x, w, b, stride, pads, dilation, groups), (x, w, b)
+def _conv_custom_fwd(x, w, b, stride, pads, dilation, groups, precision):
+    return _conv_custom(x, w, b, stride, pads, dilation, groups, precision), (x, w, b)
 
 
-def _conv_custom_bwd(stride, pads, dilation, groups, residuals, g):
+def _conv_custom_bwd(stride, pads, dilation, groups, precision, residuals, g):
     # dL/dx = full conv of g (dilated by s) with the flipped, channel-swapped kernel;
     # dL/dw = correlation of x with g (dilated by s); dL/db = sum of g over batch and space.
     x, w, b = residuals
-    dx = _conv_input_grad(g, w, x.shape[1:-1], stride, pads, dilation, groups)
-    dw = _conv_weight_grad(x, g, w.shape[:-2], stride, pads, dilation, groups)
+    # The backward convolutions run at the forward's precision (a static, hashable argument).
+    dx = _conv_input_grad(g, w, x.shape[1:-1], stride, pads, dilation, groups, precision)
+    dw = _conv_weight_grad(x, g, w.shape[:-2], stride, pads, dilation, groups, precision)
     return dx, dw, _bias_grad(g, b)
 
 
@@ -386,23 +418,22 @@ _conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _conv_transpose_custom(x, w_conv, b, out_spatial, stride, pads, dilation, groups):
-    y = _conv_input_grad(x, w_conv, out_spatial, stride, pads, dilation, groups)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _conv_transpose_custom(x, w_conv, b, out_spatial, stride, pads, dilation, groups, precision):
+    y = _conv_input_grad(x, w_conv, out_spatial, stride, pads, dilation, groups, precision)
     return _add_bias(y, b)
 
 
-def _conv_transpose_custom_fwd(x, w_conv, b, out_spatial, stride, pads, dilation, groups):
-    y = _conv_transpose_custom(x, w_conv, b, out_spatial, stride, pads, dilation, groups)
-    return y, (x, w_conv, b)
+def _conv_transpose_custom_fwd(x, w_conv, b, *args):
+    return _conv_transpose_custom(x, w_conv, b, *args), (x, w_conv, b)
 
 
-def _conv_transpose_custom_bwd(out_spatial, stride, pads, dilation, groups, residuals, g):
+def _conv_transpose_custom_bwd(out_spatial, stride, pads, dilation, groups, precision, res, g):
     # y = A^T x for the forward conv A = conv(., w_conv), so dL/dx = A g = conv(g, w_conv), and
     # dL/dw_conv[k, i, j] = sum g_pad[n, o*s + k*d, i] x[n, o, j] = weight grad with (g, x).
-    x, w_conv, b = residuals
-    dx = _conv_forward(g, w_conv, stride, pads, dilation, groups)
-    dw_conv = _conv_weight_grad(g, x, w_conv.shape[:-2], stride, pads, dilation, groups)
+    x, w_conv, b = res
+    dx = _conv_forward(g, w_conv, stride, pads, dilation, groups, precision)
+    dw_conv = _conv_weight_grad(g, x, w_conv.shape[:-2], stride, pads, dilation, groups, precision)
     return dx, dw_conv, _bias_grad(g, b)
 
 

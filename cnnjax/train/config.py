@@ -31,6 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()
     c.impl = "custom"  # custom | xla, threaded to every cnnjax.ops call
     c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # conv/dense precision: None = the backend default (TF32 for float32 on Ampere+ GPUs, one
+    # bfloat16 pass on TPU) | "default" | "high" | "highest" (full float32); docs/accelerators.md
+    c.precision = config_dict.placeholder(str)
 
     c.dataset = "digits"
     c.data_dir = config_dict.placeholder(str)  # TFDS data_dir (and ImageNet's manual dir)

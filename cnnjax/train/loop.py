@@ -154,6 +154,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         num_classes=dataset.num_classes,
         impl=config.impl,
         dtype=DTYPES[config.dtype],
+        precision=config.get("precision"),
         **dict(config.model_overrides),
     )
     steps_per_epoch = num_batches(len(dataset.train), config.batch_size, train=True)

@@ -1,0 +1,341 @@
+"""``cnnjax bench train MODEL``: training-step throughput on synthetic data, side by side.
+
+Every variant (``impl`` × compute ``dtype``, and the PyTorch twin of the CIFAR ResNets and
+LeNet-5 when torch is installed) is built, compiled (timed separately), warmed up, then timed in
+rounds: each round runs ``--steps`` steps of every variant, in an order that rotates from round
+to round, so machine load falls on all alike. The table reports medians over ``--repeats``
+rounds: images per second, ms per step, compile seconds, compiled memory (XLA's
+``memory_analysis``: arguments + outputs + temporaries), and ratios (custom / xla step time,
+and JAX / torch step time). The optimiser is the paper recipe's: SGD, momentum 0.9, weight
+decay 5e-4 on kernels (ndim > 1), in both frameworks. The process-wide device peak
+(``device.memory_stats()["peak_bytes_in_use"]``, GPU/TPU only) is in the JSON ``meta``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax.bench import report
+
+__all__ = ["Variant", "jax_variant", "run", "run_from_args", "torch_variant"]
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
+
+
+@dataclasses.dataclass
+class Variant:
+    """One timed configuration: ``step(n)`` runs ``n`` training steps and waits for them."""
+
+    name: str
+    framework: str
+    impl: str
+    dtype: str
+    step: Callable[[int], None]
+    compile_s: float
+    memory_mb: float | None
+    times: list[float] = dataclasses.field(default_factory=list)
+
+
+def _synthetic_batch(batch: int, shape: tuple[int, ...], num_classes: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, *shape), dtype=np.float32)
+    labels = rng.integers(0, num_classes, batch).astype(np.int32)
+    return images, labels
+
+
+def jax_variant(
+    model_name: str,
+    *,
+    impl: str,
+    dtype: str,
+    precision: str | None,
+    batch: int,
+    shape: tuple[int, int, int],
+    num_classes: int,
+) -> Variant:
+    """Compile ``cnnjax.train.steps.train_step`` for ``model_name``; returns the timed closure."""
+    from cnnjax.models import create_model
+    from cnnjax.train.optim import make_optimizer
+    from cnnjax.train.state import create_train_state
+    from cnnjax.train.steps import train_step
+
+    model = create_model(
+        model_name,
+        num_classes=num_classes,
+        impl=impl,
+        dtype=jnp.dtype(dtype),
+        precision=precision,
+    )
+    tx = make_optimizer("sgd", LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    state = create_train_state(model, tx, seed=0, input_shape=shape)
+    images, labels = _synthetic_batch(batch, shape, num_classes)
+    data = {"image": jax.device_put(images), "label": jax.device_put(labels)}
+    # Donating the state lets XLA update parameters in place (CPU ignores donation with a warning).
+    donate = () if jax.default_backend() == "cpu" else (0,)
+    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=donate)
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, data).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def step(n: int) -> None:
+        s = holder["state"]
+        for _ in range(n):
+            s, metrics = compiled(s, data)
+        jax.block_until_ready(metrics)
+        holder["state"] = s
+
+    return Variant(f"jax {impl} {dtype}", "jax", impl, dtype, step, compile_s, _memory_mb(compiled))
+
+
+def _memory_mb(compiled) -> float | None:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    return total / 2**20
+
+
+def torch_variant(
+    model_name: str,
+    *,
+    dtype: str,
+    batch: int,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    threads: int,
+) -> Variant | None:
+    """The PyTorch twin's training step (``None`` without torch or without a twin)."""
+    try:
+        import torch
+
+        from cnnjax.bench import torch_models
+    except ImportError:
+        return None
+    net = torch_models.build(model_name, num_classes)
+    if net is None:
+        return None
+    torch.set_num_threads(threads)
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if dtype == "bfloat16" and device == "cpu":
+        return None  # CPU bf16 autocast is not what a user would time against
+    images, labels = _synthetic_batch(batch, shape, num_classes)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    net = net.to(device)
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay}],
+        lr=LR,
+        momentum=MOMENTUM,
+    )
+    autocast = dtype == "bfloat16"
+
+    def one_step(inputs):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            loss = torch.nn.functional.cross_entropy(net(inputs), y)
+        loss.backward()
+        opt.step()
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    one_step(x)
+    sync()
+    first_s = time.perf_counter() - start
+    # channels_last where it is faster (it usually is for convs on CPU and with cuDNN).
+    timings = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        net.to(memory_format=layout)
+        xl = x.contiguous(memory_format=layout)
+        one_step(xl)
+        sync()
+        start = time.perf_counter()
+        for _ in range(2):
+            one_step(xl)
+        sync()
+        timings[layout] = (time.perf_counter() - start, xl)
+    layout = min(timings, key=lambda k: timings[k][0])
+    net.to(memory_format=layout)
+    xl = timings[layout][1]
+    layout_name = "channels_last" if layout == torch.channels_last else "NCHW"
+
+    def step(n: int) -> None:
+        for _ in range(n):
+            one_step(xl)
+        sync()
+
+    return Variant(f"torch {dtype} {layout_name}", "torch", layout_name, dtype, step, first_s, None)
+
+
+def run(
+    model_name: str,
+    *,
+    impls: Sequence[str] = ("custom", "xla"),
+    dtypes: Sequence[str] = ("float32", "bfloat16"),
+    precision: str | None = None,
+    batch: int = 128,
+    steps: int = 10,
+    warmup: int = 2,
+    repeats: int = 5,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    use_torch: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Build, compile and time every variant; returns ``{"meta": ..., "results": [rows]}``."""
+    from cnnjax.models import get_model_info
+
+    for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
+        if value < 1:
+            raise ValueError(f"bench train: --{name} must be >= 1, got {value}")
+    if warmup < 0:
+        raise ValueError(f"bench train: --warmup must be >= 0, got {warmup}")
+    info = get_model_info(model_name)
+    h, _, c = info.input_shape
+    size = image_size or h
+    if size < info.min_input_size:
+        raise ValueError(
+            f"bench train: {model_name} needs --image-size >= {info.min_input_size}, got {size}"
+        )
+    shape = (size, size, c)
+    num_classes = num_classes or info.default_num_classes
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    variants: list[Variant] = []
+    for dtype in dtypes:
+        for impl in impls:
+            log(f"compiling jax {impl} {dtype} ...")
+            variants.append(
+                jax_variant(
+                    model_name,
+                    impl=impl,
+                    dtype=dtype,
+                    precision=precision,
+                    batch=batch,
+                    shape=shape,
+                    num_classes=num_classes,
+                )
+            )
+        if use_torch:
+            v = torch_variant(
+                model_name,
+                dtype=dtype,
+                batch=batch,
+                shape=shape,
+                num_classes=num_classes,
+                threads=threads,
+            )
+            if v is not None:
+                variants.append(v)
+    for v in variants:
+        if warmup:
+            v.step(warmup)
+    for r in range(repeats):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        for v in order:
+            start = time.perf_counter()
+            v.step(steps)
+            v.times.append(time.perf_counter() - start)
+    rows = [_row(v, batch, steps) for v in variants]
+    _add_ratios(rows)
+    meta = report.machine_meta()
+    meta.update(
+        model=model_name,
+        batch=batch,
+        image_shape=list(shape),
+        steps=steps,
+        warmup=warmup,
+        repeats=repeats,
+        precision=precision,
+        threads=threads,
+        peak_device_memory_mb=report.peak_device_memory_mb(),
+    )
+    return {"meta": meta, "results": rows}
+
+
+def _row(v: Variant, batch: int, steps: int) -> dict:
+    step_s = statistics.median(v.times) / steps
+    return {
+        "variant": v.name,
+        "framework": v.framework,
+        "impl": v.impl,
+        "dtype": v.dtype,
+        "img_per_s": batch / step_s,
+        "step_ms": 1e3 * step_s,
+        "compile_s": v.compile_s,
+        "memory_mb": v.memory_mb,
+        "custom_over_xla": None,
+        "jax_over_torch": None,
+    }
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """custom/xla step-time ratio per dtype; JAX/torch step-time ratio per dtype."""
+    by = {(r["framework"], r["impl"], r["dtype"]): r for r in rows}
+    torch_rows = {r["dtype"]: r for r in rows if r["framework"] == "torch"}
+    for r in rows:
+        if r["framework"] != "jax":
+            continue
+        xla = by.get(("jax", "xla", r["dtype"]))
+        if r["impl"] == "custom" and xla is not None:
+            r["custom_over_xla"] = r["step_ms"] / xla["step_ms"]
+        if r["dtype"] in torch_rows:
+            r["jax_over_torch"] = r["step_ms"] / torch_rows[r["dtype"]]["step_ms"]
+
+
+COLUMNS = (
+    ("variant", "variant", "<30", "s"),
+    ("img_per_s", "img/s", ">10", ",.0f"),
+    ("step_ms", "ms/step", ">9", ".2f"),
+    ("compile_s", "compile s", ">10", ".1f"),
+    ("memory_mb", "mem MiB", ">9", ".0f"),
+    ("custom_over_xla", "cust/xla", ">9", ".3f"),
+    ("jax_over_torch", "jax/torch", ">10", ".2f"),
+)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """The ``cnnjax bench train`` handler (arguments defined in :mod:`cnnjax.bench`)."""
+    if args.tiny:
+        args.batch, args.steps, args.warmup, args.repeats = 4, 1, 1, 2
+        args.image_size = args.image_size or _tiny_size(args.model)
+    result = run(
+        args.model,
+        impls=report.split_list(args.impl, ("custom", "xla"), "--impl"),
+        dtypes=report.split_list(args.dtype, ("float32", "bfloat16"), "--dtype"),
+        precision=args.precision,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+        use_torch=not args.no_torch,
+        log=(lambda s: None) if args.quiet else print,
+    )
+    report.emit(result, COLUMNS, args, title=f"bench train {args.model}")
+    return 0
+
+
+def _tiny_size(model_name: str) -> int:
+    from cnnjax.models import get_model_info
+
+    info = get_model_info(model_name)
+    return max(info.test_input_shape[0], info.min_input_size)
