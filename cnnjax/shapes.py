@@ -144,7 +144,7 @@ def conv_output_size(
     With ``d = 1`` and ``lo = hi = P`` this is the seeds' ``(W - F + 2P)/S + 1``;
     e.g. AlexNet's first layer ``conv_output_size(227, 11, 4) == 55``.
     """
-    lo, hi = (padding, padding) if isinstance(padding, int) else padding
+    lo, hi = (padding, padding) if is_int(padding) else padding
     return (n + lo + hi - dilation * (k - 1) - 1) // stride + 1
 
 
@@ -157,7 +157,7 @@ def conv_transpose_output_size(
     dilation: int = 1,
 ) -> int:
     """Output length of a transposed conv: ``(n-1)*s - lo - hi + d*(k-1) + output_padding + 1``."""
-    lo, hi = (padding, padding) if isinstance(padding, int) else padding
+    lo, hi = (padding, padding) if is_int(padding) else padding
     return (n - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1
 
 
@@ -175,7 +175,7 @@ def pool_output_size(
     would start inside the right padding is dropped (``(o-1)*s >= n + lo`` → ``o - 1``).
     """
     stride = window if stride is None else stride
-    lo, hi = (padding, padding) if isinstance(padding, int) else padding
+    lo, hi = (padding, padding) if is_int(padding) else padding
     span = n + lo + hi - dilation * (window - 1) - 1
     if ceil_mode:
         out = -(-span // stride) + 1
@@ -195,7 +195,7 @@ def conv_param_count(
     bias: bool = True,
 ) -> int:
     """Parameters of a conv layer: ``(F*F*D1/groups)*K + K`` (the seeds' count with groups)."""
-    size = kernel * kernel if isinstance(kernel, int) else math.prod(kernel)
+    size = kernel * kernel if is_int(kernel) else math.prod(kernel)
     return size * (in_channels // groups) * out_channels + (out_channels if bias else 0)
 
 

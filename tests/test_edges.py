@@ -61,21 +61,22 @@ def test_adaptive_avg_pool_bf16_uneven_windows_round_once():
 @pytest.mark.parametrize("dtype", LOW)
 def test_real_7x7_windows_are_within_half_an_ulp(impl, dtype):
     """Random 7x7 averages in low precision vs float64 of the same (rounded) inputs: one final
-    rounding gives <= 2^-9 = 0.2 % (bfloat16); accumulating in bfloat16 gave ~2 %. PyTorch's
-    bfloat16 avg_pool2d error is measured alongside when torch is installed."""
+    rounding gives at most the unit roundoff u (bfloat16: 2^-8 = 0.39 %); accumulating in
+    bfloat16 gave ~2 %. PyTorch's bfloat16 avg_pool2d error is measured alongside when torch is
+    installed."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((4, 28, 28, 8)) + 0.5, dtype)
     exact = np.asarray(ops.avg_pool(jnp.asarray(x, jnp.float64), 7, 1))
     y = f32(ops.avg_pool(x, 7, 1, impl=impl))
     err = float(np.max(np.abs(y - exact) / exact))
-    ulp = 2.0**-8 if dtype == jnp.bfloat16 else 2.0**-11
-    assert err <= ulp / 2 * 1.01, err
+    unit_roundoff = 2.0**-8 if dtype == jnp.bfloat16 else 2.0**-11
+    assert err <= unit_roundoff, err
     if dtype == jnp.bfloat16:
         torch = pytest.importorskip("torch")
         xt = torch.tensor(np.asarray(x, np.float32)).permute(0, 3, 1, 2).to(torch.bfloat16)
         yt = torch.nn.functional.avg_pool2d(xt, 7, 1).float().permute(0, 2, 3, 1).numpy()
         torch_err = float(np.max(np.abs(yt - exact) / exact))
-        assert err <= max(torch_err, ulp / 2) * 1.01, (err, torch_err)
+        assert err <= max(torch_err, unit_roundoff), (err, torch_err)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -295,7 +296,7 @@ def test_huge_extents_raise_for_every_windowed_op():
     with pytest.raises(ValueError, match=r"conv: .*2\*\*31 - 1"):
         ops.conv(x, jnp.ones((2, 1, 1)), padding=2**31)
     with pytest.raises(ValueError, match=r"max_pool: .*XLA accepts"):
-        ops.max_pool(x, 2, dilation=2**31)
+        ops.max_pool(x, 2, stride=2**40)
     with pytest.raises(ValueError, match=r"local_response_norm: .*XLA accepts"):
         ops.local_response_norm(x, 2**31)
 
@@ -353,12 +354,8 @@ def test_numpy_integers_are_accepted_everywhere(impl):
         5,
         2,
     )
-    assert ops.avg_pool(x, (i(2), 2), (i(2), i(1)), ((i(0), i(1)), 0), impl=impl).shape == (
-        1,
-        4,
-        8,
-        2,
-    )
+    y = ops.avg_pool(x, (i(2), 2), (i(2), i(1)), ((i(0), i(1)), 0), impl=impl)
+    assert y.shape == (1, 4, 7, 2)
     assert ops.lp_pool(x, i(2), i(2), i(2), impl=impl).shape == (1, 4, 4, 2)
     w = jnp.ones((3, 3, 1, 4))
     y = ops.conv(x, w, stride=i(2), padding=i(1), dilation=i(1), groups=i(2), impl=impl)

@@ -227,6 +227,27 @@ def conv_transpose(
     return call_custom_vjp("conv_transpose", _conv_transpose_custom, x, w_conv, b, *args)
 
 
+def _errors_named(op: str, *inner: str):
+    """Re-raise a TypeError/ValueError of the inner ops ``inner`` with ``op`` as its prefix."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (TypeError, ValueError) as err:
+                message = str(err)
+                for name in inner:
+                    if message.startswith(f"{name}: "):
+                        raise type(err)(f"{op}: {message[len(name) + 2 :]}") from None
+                raise
+
+        return wrapped
+
+    return decorate
+
+
+@_errors_named("depthwise_conv", "conv")
 def depthwise_conv(
     x: jax.Array,
     w: jax.Array,
@@ -270,6 +291,7 @@ def depthwise_conv(
     )
 
 
+@_errors_named("separable_conv", "depthwise_conv", "conv")
 def separable_conv(
     x: jax.Array,
     w_depthwise: jax.Array,
