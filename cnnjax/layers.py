@@ -50,6 +50,7 @@ from cnnjax.shapes import Padding
 __all__ = [
     "AdaptiveAvgPool",
     "AvgPool",
+    "BatchNorm",
     "ConnectionTableConv",
     "Conv",
     "ConvTranspose",
@@ -418,6 +419,30 @@ class ConnectionTableConv(nn.Module):
         )
 
 
+class BatchNorm(nn.BatchNorm):
+    """``flax.linen.BatchNorm`` that refuses batch statistics of one value per channel.
+
+    In training (``use_running_average=False``) a channel seen once (``N * H * W == 1``) has
+    variance 0 and normalises to 0 whatever the input; PyTorch raises "Expected more than 1
+    value per channel when training", and so does this (ValueError). With ``axis_name`` the
+    statistics span devices, so only the per-device count is known and nothing is checked.
+    """
+
+    def __call__(self, x, use_running_average: bool | None = None, **kwargs):
+        running = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        axes = self.axis if isinstance(self.axis, Sequence) else (self.axis,)
+        feature_axes = {a % x.ndim for a in axes}
+        count = math.prod(n for i, n in enumerate(x.shape) if i not in feature_axes)
+        if not running and self.axis_name is None and count == 1:
+            raise ValueError(
+                f"BatchNorm: expected more than 1 value per channel when training, got input "
+                f"shape {tuple(x.shape)} (N * spatial = 1); use a batch of at least 2"
+            )
+        return super().__call__(x, use_running_average, **kwargs)
+
+
 class _NoParams(nn.Module):
     def _cast(self, x: jax.Array) -> jax.Array:
         return x if self.dtype is None else jnp.asarray(x, self.dtype)
@@ -524,10 +549,18 @@ class AdaptiveAvgPool(_NoParams):
             window = tuple(n // o for n, o in zip(spatial, output_size, strict=True))
             return ops.avg_pool(x, window, window, impl=self.impl)
         for axis, (n, o) in enumerate(zip(spatial, output_size, strict=True), start=1):
-            matrix = jnp.asarray(_adaptive_average_matrix(n, o), x.dtype)
-            # HIGHEST: an average must stay exact on accelerators (no bf16 passes).
-            y = jnp.tensordot(x, matrix, axes=([axis], [1]), precision=jax.lax.Precision.HIGHEST)
-            x = jnp.moveaxis(y, -1, axis)
+            matrix = jnp.asarray(_adaptive_average_matrix(n, o))
+            # HIGHEST: an average must stay exact on accelerators (no bf16 passes); the sums
+            # accumulate in float32 or wider and round once (as the ops do).
+            acc = jnp.promote_types(x.dtype, jnp.float32)
+            y = jnp.tensordot(
+                x,
+                matrix.astype(acc),
+                axes=([axis], [1]),
+                precision=jax.lax.Precision.HIGHEST,
+                preferred_element_type=acc,
+            )
+            x = jnp.moveaxis(y, -1, axis).astype(x.dtype)
         return x
 
 

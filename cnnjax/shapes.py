@@ -14,6 +14,7 @@ Formulas (per spatial dimension, from the seeds, with dilation ``d`` added)::
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -32,6 +33,11 @@ __all__ = [
 ]
 
 
+def is_int(value) -> bool:
+    """True for Python and NumPy integers (``np.int64(2)``), False for bools."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def canonicalize_tuple(
     value: int | Sequence[int], ndim: int, name: str, *, minimum: int = 1
 ) -> tuple[int, ...]:
@@ -42,17 +48,17 @@ def canonicalize_tuple(
     """
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got bool {value!r}")
-    if isinstance(value, int):
-        values = (value,) * ndim
+    if is_int(value):
+        values = (int(value),) * ndim
     elif isinstance(value, Sequence) and not isinstance(value, str):
         values = tuple(value)
         if len(values) != ndim:
             raise ValueError(
                 f"{name} must have one entry per spatial dimension ({ndim}), got {value!r}"
             )
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} entries must be ints, got {value!r}")
+        if not all(is_int(v) for v in values):
+            raise TypeError(f"{name} entries must be ints, got {value!r}")
+        values = tuple(int(v) for v in values)
     else:
         raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
     for v in values:
@@ -103,8 +109,8 @@ def canonicalize_padding(
         raise ValueError(f'{name} string must be "SAME" or "VALID", got {padding!r}')
     if isinstance(padding, bool):
         raise TypeError(f"{name} must be an int, a sequence, or a string, got {padding!r}")
-    if isinstance(padding, int):
-        pairs = ((padding, padding),) * ndim
+    if is_int(padding):
+        pairs = ((int(padding), int(padding)),) * ndim
     elif isinstance(padding, Sequence):
         items = tuple(padding)
         if len(items) != ndim:
@@ -113,13 +119,9 @@ def canonicalize_padding(
             )
         pairs_list = []
         for item in items:
-            if isinstance(item, int) and not isinstance(item, bool):
-                pairs_list.append((item, item))
-            elif (
-                isinstance(item, Sequence)
-                and len(item) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
-            ):
+            if is_int(item):
+                pairs_list.append((int(item), int(item)))
+            elif isinstance(item, Sequence) and len(item) == 2 and all(is_int(v) for v in item):
                 pairs_list.append((int(item[0]), int(item[1])))
             else:
                 raise TypeError(
@@ -142,7 +144,7 @@ def conv_output_size(
     With ``d = 1`` and ``lo = hi = P`` this is the seeds' ``(W - F + 2P)/S + 1``;
     e.g. AlexNet's first layer ``conv_output_size(227, 11, 4) == 55``.
     """
-    lo, hi = (padding, padding) if isinstance(padding, int) else padding
+    lo, hi = (padding, padding) if is_int(padding) else padding
     return (n + lo + hi - dilation * (k - 1) - 1) // stride + 1
 
 
@@ -155,7 +157,7 @@ def conv_transpose_output_size(
     dilation: int = 1,
 ) -> int:
     """Output length of a transposed conv: ``(n-1)*s - lo - hi + d*(k-1) + output_padding + 1``."""
-    lo, hi = (padding, padding) if isinstance(padding, int) else padding
+    lo, hi = (padding, padding) if is_int(padding) else padding
     return (n - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1
 
 
@@ -173,7 +175,7 @@ def pool_output_size(
     would start inside the right padding is dropped (``(o-1)*s >= n + lo`` → ``o - 1``).
     """
     stride = window if stride is None else stride
-    lo, hi = (padding, padding) if isinstance(padding, int) else padding
+    lo, hi = (padding, padding) if is_int(padding) else padding
     span = n + lo + hi - dilation * (window - 1) - 1
     if ceil_mode:
         out = -(-span // stride) + 1
@@ -193,7 +195,7 @@ def conv_param_count(
     bias: bool = True,
 ) -> int:
     """Parameters of a conv layer: ``(F*F*D1/groups)*K + K`` (the seeds' count with groups)."""
-    size = kernel * kernel if isinstance(kernel, int) else math.prod(kernel)
+    size = kernel * kernel if is_int(kernel) else math.prod(kernel)
     return size * (in_channels // groups) * out_channels + (out_channels if bias else 0)
 
 

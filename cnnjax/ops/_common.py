@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 Impl = Literal["custom", "xla"]
@@ -19,9 +22,62 @@ FORWARD_MODE_MESSAGE = (
 )
 
 
-def check_impl(impl: str) -> None:
+def check_impl(impl: str, op: str = "") -> None:
     if impl not in IMPLS:
-        raise ValueError(f'impl must be "custom" or "xla", got {impl!r}')
+        prefix = f"{op}: " if op else ""
+        raise ValueError(f'{prefix}impl must be "custom" or "xla", got {impl!r}')
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """The dtype that sums and VJP reductions run in: float32 for float16/bfloat16, else ``dtype``.
+
+    Rule (issue 8): window sums, channel sums and every reduction inside a VJP accumulate in at
+    least float32 and round to the input dtype once, in both impls; a bfloat16 running sum stops
+    growing at 256 and a float16 one overflows at 65504.
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def as_floating(op: str, x, name: str = "x") -> jax.Array:
+    """``jnp.asarray(x)``, refusing non-floating dtypes with a TypeError naming ``op``/``name``.
+
+    Integer, bool and complex inputs are refused by every op that computes sums or gradients
+    (both impls alike), rather than silently promoted by one impl and not the other.
+    """
+    try:
+        x = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}") from err
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{op}: {name} must have a floating dtype (float16, bfloat16, float32, float64), "
+            f"got {x.dtype}"
+        )
+    return x
+
+
+# XLA aborts the process (SIGABRT, "overflow in static extent product") when the element count
+# of a shape overflows int64, and its CPU kernels index extents with int32: both are checked
+# before any lax call. The limits were found by running the ops in subprocesses
+# (tests/test_edges.py::test_size_limits_match_what_xla_accepts documents the probes).
+MAX_EXTENT = 2**31 - 1
+MAX_ELEMENTS = 2**60
+
+
+def check_extents(op: str, what: str, shape: Sequence[int], formula: str) -> None:
+    """Raise a ValueError naming ``op`` if ``shape`` (one array ``op`` builds) is too big for XLA.
+
+    ``shape`` is the full array shape (batch, spatial extents, channels); ``formula`` says how
+    the extents were computed, for the message.
+    """
+    shape = tuple(int(s) for s in shape)
+    big = [s for s in shape if s > MAX_EXTENT]
+    if big or math.prod(shape) > MAX_ELEMENTS:
+        raise ValueError(
+            f"{op}: the {what} would have shape {shape} ({formula}); XLA accepts extents up to "
+            f"2**31 - 1 and at most 2**60 elements per array. Reduce the padding, dilation or "
+            f"stride, or the input size"
+        )
 
 
 def canonicalize_precision(precision: PrecisionLike, *, op: str = "conv") -> lax.Precision | None:
@@ -64,7 +120,7 @@ def canonicalize_precision(precision: PrecisionLike, *, op: str = "conv") -> lax
 
 def spatial_ndim(x: jax.Array, name: str = "x", *, op: str) -> int:
     """Number of spatial dims of a channels-last ``(N, *spatial, C)`` array (1, 2 or 3)."""
-    if not hasattr(x, "ndim"):
+    if not hasattr(x, "ndim") or not hasattr(x, "shape"):
         raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
     if x.ndim not in (3, 4, 5):
         raise ValueError(

@@ -32,8 +32,11 @@ from jax import lax
 
 from cnnjax.ops._common import (
     PrecisionLike,
+    accumulation_dtype,
+    as_floating,
     call_custom_vjp,
     canonicalize_precision,
+    check_extents,
     check_impl,
     conv_dimension_numbers,
     spatial_ndim,
@@ -44,6 +47,7 @@ from cnnjax.shapes import (
     canonicalize_tuple,
     conv_output_size,
     conv_transpose_output_size,
+    is_int,
 )
 
 __all__ = ["conv", "conv_transpose", "depthwise_conv", "separable_conv"]
@@ -94,14 +98,24 @@ def conv(
     >>> conv(x, w, stride=2, padding=1).shape
     (1, 3, 3, 8)
     """
-    check_impl(impl)
+    check_impl(impl, "conv")
     ndim = spatial_ndim(x, op="conv")
     kernel = _check_kernel(x, w, ndim, groups, op="conv", transpose=False)
-    stride_t = canonicalize_tuple(stride, ndim, "stride")
-    dilation_t = canonicalize_tuple(dilation, ndim, "dilation")
-    pads = canonicalize_padding(
-        padding, ndim, kernel=kernel, stride=stride_t, dilation=dilation_t, spatial=x.shape[1:-1]
-    )
+    groups = int(groups)
+    try:
+        stride_t = canonicalize_tuple(stride, ndim, "stride")
+        dilation_t = canonicalize_tuple(dilation, ndim, "dilation")
+        pads = canonicalize_padding(
+            padding,
+            ndim,
+            kernel=kernel,
+            stride=stride_t,
+            dilation=dilation_t,
+            spatial=x.shape[1:-1],
+        )
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"conv: {err}") from None
+    _check_spatial_nonempty(x, "conv")
     for i, (n, k, s, (lo, hi), d) in enumerate(
         zip(x.shape[1:-1], kernel, stride_t, pads, dilation_t, strict=True)
     ):
@@ -113,6 +127,16 @@ def conv(
                 f"floor(({n} + {lo} + {hi} - {d}*({k}-1) - 1) / {s}) + 1 = {out}; "
                 "use a larger input, more padding, or a smaller kernel/dilation"
             )
+    extents = [
+        n + lo + hi + d * (k - 1)
+        for n, k, (lo, hi), d in zip(x.shape[1:-1], kernel, pads, dilation_t)
+    ]
+    check_extents(
+        "conv",
+        "padded input of the forward/backward convolutions",
+        (x.shape[0], *extents, max(x.shape[-1], w.shape[-1])),
+        "per dim n + lo + hi + d*(k-1)",
+    )
     precision = canonicalize_precision(precision, op="conv")
     x, w, b = _promote(x, w, b, op="conv")
     args = (stride_t, pads, dilation_t, groups, precision)
@@ -154,19 +178,24 @@ def conv_transpose(
     Returns:
       ``(N, *out, C_out)`` with ``out = (n-1)*s - lo - hi + d*(k-1) + output_padding + 1``.
     """
-    check_impl(impl)
+    check_impl(impl, "conv_transpose")
     ndim = spatial_ndim(x, op="conv_transpose")
     kernel = _check_kernel(x, w, ndim, groups, op="conv_transpose", transpose=True)
-    stride_t = canonicalize_tuple(stride, ndim, "stride")
-    dilation_t = canonicalize_tuple(dilation, ndim, "dilation")
-    output_padding_t = canonicalize_tuple(output_padding, ndim, "output_padding", minimum=0)
+    groups = int(groups)
     if isinstance(padding, str):
         if padding.upper() != "VALID":
             raise ValueError(
                 'conv_transpose: padding must be ints or (lo, hi) pairs (or "VALID"); '
                 f'"SAME" has no unique meaning for a transposed conv, got {padding!r}'
             )
-    pads = canonicalize_padding(padding, ndim)
+    try:
+        stride_t = canonicalize_tuple(stride, ndim, "stride")
+        dilation_t = canonicalize_tuple(dilation, ndim, "dilation")
+        output_padding_t = canonicalize_tuple(output_padding, ndim, "output_padding", minimum=0)
+        pads = canonicalize_padding(padding, ndim)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"conv_transpose: {err}") from None
+    _check_spatial_nonempty(x, "conv_transpose")
     out_spatial = []
     for i, (n, k, s, (lo, hi), op_, d) in enumerate(
         zip(x.shape[1:-1], kernel, stride_t, pads, output_padding_t, dilation_t, strict=True)
@@ -185,6 +214,18 @@ def conv_transpose(
                 f"({n}-1)*{s} - {lo} - {hi} + {d}*({k}-1) + {op_} + 1 = {out}"
             )
         out_spatial.append(out)
+    extents = [
+        o + lo + hi + d * (k - 1) + (n - 1) * s
+        for o, n, k, s, (lo, hi), d in zip(
+            out_spatial, x.shape[1:-1], kernel, stride_t, pads, dilation_t
+        )
+    ]
+    check_extents(
+        "conv_transpose",
+        "stride-dilated, padded input of the forward/backward convolutions",
+        (x.shape[0], *extents, max(x.shape[-1], w.shape[-1] * groups)),
+        "per dim out + lo + hi + d*(k-1) + (n-1)*s",
+    )
     # The forward conv that this op transposes maps out_spatial -> x.spatial. Its high padding is
     # reduced by output_padding so that it sees exactly the out_spatial inputs it uses.
     conv_pads = tuple((lo, hi - op_) for (lo, hi), op_ in zip(pads, output_padding_t, strict=True))
@@ -197,6 +238,27 @@ def conv_transpose(
     return call_custom_vjp("conv_transpose", _conv_transpose_custom, x, w_conv, b, *args)
 
 
+def _errors_named(op: str, *inner: str):
+    """Re-raise a TypeError/ValueError of the inner ops ``inner`` with ``op`` as its prefix."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (TypeError, ValueError) as err:
+                message = str(err)
+                for name in inner:
+                    if message.startswith(f"{name}: "):
+                        raise type(err)(f"{op}: {message[len(name) + 2 :]}") from None
+                raise
+
+        return wrapped
+
+    return decorate
+
+
+@_errors_named("depthwise_conv", "conv")
 def depthwise_conv(
     x: jax.Array,
     w: jax.Array,
@@ -215,11 +277,21 @@ def depthwise_conv(
     there).
     """
     spatial_ndim(x, op="depthwise_conv")
-    if w.ndim != x.ndim or w.shape[-2] != 1 or w.shape[-1] % x.shape[-1] != 0:
+    _check_array(w, "depthwise_conv", "w")
+    channels = x.shape[-1]
+    if (
+        w.ndim != x.ndim
+        or w.shape[-2] != 1
+        or (w.shape[-1] % channels if channels else w.shape[-1])
+    ):
         raise ValueError(
             f"depthwise_conv: w must have shape (*kernel, 1, C * multiplier) with "
-            f"C = x.shape[-1] = {x.shape[-1]}, got w.shape = {tuple(w.shape)}"
+            f"C = x.shape[-1] = {channels}, got w.shape = {tuple(w.shape)}"
         )
+    if channels == 0:
+        # C = 0: the empty result (N, *out, 0). A conv with groups=1 over zero input channels
+        # has exactly that shape and goes through the same checks.
+        w = jnp.reshape(w, (*w.shape[:-2], 0, 0))
     return conv(
         x,
         w,
@@ -227,12 +299,13 @@ def depthwise_conv(
         stride=stride,
         padding=padding,
         dilation=dilation,
-        groups=x.shape[-1],
+        groups=max(channels, 1),
         impl=impl,
         precision=precision,
     )
 
 
+@_errors_named("separable_conv", "depthwise_conv", "conv")
 def separable_conv(
     x: jax.Array,
     w_depthwise: jax.Array,
@@ -251,6 +324,7 @@ def separable_conv(
     ``(1, ..., 1, C * multiplier, C_out)``; ``b``: optional ``(C_out,)`` added after the
     pointwise conv. Returns ``(N, *out, C_out)``. ``precision`` as :func:`conv`, for both convs.
     """
+    _check_array(w_pointwise, "separable_conv", "w_pointwise")
     h = depthwise_conv(
         x,
         w_depthwise,
@@ -279,7 +353,7 @@ def _conv_forward(
 ) -> jax.Array:
     """``y[n, o, co] = sum_{k, ci} x_pad[n, o*s + k*d, ci] w[k, ci, co]`` (per group)."""
     ndim = x.ndim - 2
-    return lax.conv_general_dilated(
+    return _conv_general_dilated(
         x,
         w,
         window_strides=stride,
@@ -318,7 +392,7 @@ def _conv_input_grad(
         )
     )
     w_flipped = _swap_in_out_per_group(jnp.flip(w, axis=tuple(range(ndim))), groups)
-    return lax.conv_general_dilated(
+    return _conv_general_dilated(
         g,
         w_flipped,
         window_strides=(1,) * ndim,
@@ -364,7 +438,7 @@ def _conv_weight_grad(
         rhs_spec=(ndim + 1, 0, *spatial),  # g: out-channels as output features, batch as input
         out_spec=(ndim, ndim + 1, *range(ndim)),  # result laid out as (*kernel, C_in/G, C_out)
     )
-    return lax.conv_general_dilated(
+    return _conv_general_dilated(
         x,
         g,
         window_strides=dilation,
@@ -374,6 +448,18 @@ def _conv_weight_grad(
         batch_group_count=groups,
         precision=precision,
     )
+
+
+def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
+    """``lax.conv_general_dilated`` accumulating in float32 (or wider), rounded once to lhs's dtype.
+
+    On accelerators a float16/bfloat16 conv may otherwise accumulate in its own dtype; this also
+    fixes the dtype of JAX's transpose rules for ``impl="xla"``.
+    """
+    acc = accumulation_dtype(lhs.dtype)
+    wide = None if acc == lhs.dtype else acc
+    y = lax.conv_general_dilated(lhs, rhs, *args, preferred_element_type=wide, **kwargs)
+    return y.astype(lhs.dtype)
 
 
 def _swap_in_out_per_group(w: jax.Array, groups: int) -> jax.Array:
@@ -445,17 +531,32 @@ _conv_transpose_custom.defvjp(_conv_transpose_custom_fwd, _conv_transpose_custom
 # --------------------------------------------------------------------------------------------
 
 
+def _check_array(value, op: str, name: str) -> None:
+    if not (hasattr(value, "ndim") and hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise TypeError(f"{op}: {name} must be an array, got {type(value).__name__}")
+
+
+def _check_spatial_nonempty(x, op: str) -> None:
+    """Zero-length spatial dims are refused; a zero batch or channel count gives an empty result."""
+    if 0 in x.shape[1:-1]:
+        raise ValueError(
+            f"{op}: every spatial dim of x must be >= 1 (an empty image has no output size under "
+            f"the formula, whose n must be >= 1), got x.shape = {tuple(x.shape)}; "
+            "a zero batch size N or channel count C is allowed and gives an empty result"
+        )
+
+
 def _check_kernel(x, w, ndim: int, groups: int, *, op: str, transpose: bool) -> tuple[int, ...]:
-    if not hasattr(w, "ndim"):
-        raise TypeError(f"{op}: w must be an array, got {type(w).__name__}")
+    _check_array(w, op, "w")
     layout = "(*kernel, C_in, C_out // groups)" if transpose else "(*kernel, C_in // groups, C_out)"
     if w.ndim != ndim + 2:
         raise ValueError(
             f"{op}: w must have shape {layout} with {ndim} kernel dims to match x of shape "
             f"{tuple(x.shape)}, got w.shape = {tuple(w.shape)}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    groups = int(groups)
     c_in = x.shape[-1]
     if c_in % groups:
         raise ValueError(
@@ -485,25 +586,32 @@ def _check_kernel(x, w, ndim: int, groups: int, *, op: str, transpose: bool) -> 
 
 
 def _promote(x, w, b, *, op: str):
-    """Cast to one floating dtype; check ``b`` is ``(C_out,)``."""
-    dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
-    if not jnp.issubdtype(dtype, jnp.inexact):
-        raise TypeError(f"{op}: x and w must be floating point, got dtype {dtype}")
+    """Cast to one floating dtype (integer, bool, complex refused); check ``b`` is ``(C_out,)``."""
+    x, w = as_floating(op, x, "x"), as_floating(op, w, "w")
     if b is not None:
-        b = jnp.asarray(b, dtype)
+        b = as_floating(op, b, "b")
         if b.ndim != 1:
             raise ValueError(f"{op}: b must have shape (C_out,), got {tuple(b.shape)}")
-    return jnp.asarray(x, dtype), jnp.asarray(w, dtype), b
+    dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
+    b = None if b is None else b.astype(dtype)
+    return x.astype(dtype), w.astype(dtype), b
 
 
 def _add_bias(y, b):
+    """``y + b`` computed in the accumulation dtype, so that JAX's transpose (the bias
+    gradient of ``impl="xla"``) sums in float32 or wider too."""
     if b is None:
         return y
     if b.shape != (y.shape[-1],):
         raise ValueError(f"b must have shape (C_out,) = ({y.shape[-1]},), got {tuple(b.shape)}")
-    return y + b
+    acc = accumulation_dtype(y.dtype)
+    return (y.astype(acc) + b.astype(acc)).astype(y.dtype)
 
 
 def _bias_grad(g, b):
-    """dL/db = sum of the output grad over batch and space (``None`` when there is no bias)."""
-    return None if b is None else jnp.sum(g, axis=tuple(range(g.ndim - 1)))
+    """dL/db = sum of the output grad over batch and space (``None`` when there is no bias),
+    accumulated in float32 or wider and rounded once."""
+    if b is None:
+        return None
+    total = jnp.sum(g, axis=tuple(range(g.ndim - 1)), dtype=accumulation_dtype(g.dtype))
+    return total.astype(g.dtype)

@@ -20,7 +20,10 @@ from jax import lax
 
 from cnnjax.ops._common import (
     Impl,
+    accumulation_dtype,
+    as_floating,
     call_custom_vjp,
+    check_extents,
     check_impl,
     conv_dimension_numbers,
     spatial_ndim,
@@ -68,20 +71,31 @@ def local_response_norm(
         through a ``custom_vjp``) or ``"xla"`` (``lax.reduce_window`` + autodiff, forward mode
         included).
     """
-    check_impl(impl)
+    check_impl(impl, "local_response_norm")
     x = _floating("local_response_norm", x)
     spatial_ndim(x, op="local_response_norm")
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer):
+        raise TypeError(f"local_response_norm: size must be an int >= 1, got {size!r}")
+    if size < 1:
         raise ValueError(f"local_response_norm: size must be an int >= 1, got {size!r}")
+    check_extents(
+        "local_response_norm",
+        "zero-padded channel window",
+        (*x.shape[:-1], x.shape[-1] + int(size)),
+        "C + size",
+    )
     cfg = _LrnConfig(
         int(size),
         _number("local_response_norm", "alpha", alpha),
         _number("local_response_norm", "beta", beta),
         _number("local_response_norm", "k", k),
     )
+    # Both impls run in float32 (or wider) and round once: the channel sums and the VJP's sums
+    # then never accumulate in float16/bfloat16.
+    wide = x.astype(accumulation_dtype(x.dtype))
     if impl == "xla":
-        return _lrn_forward(x, cfg)
-    return call_custom_vjp("local_response_norm", _lrn_jit, x, cfg)
+        return _lrn_forward(wide, cfg).astype(x.dtype)
+    return call_custom_vjp("local_response_norm", _lrn_jit, wide, cfg).astype(x.dtype)
 
 
 def local_contrast_norm(
@@ -114,6 +128,8 @@ def local_contrast_norm(
       then self-adjoint, which the backward rule uses;
     * ``sigma`` (in pixels) defaults to ``size / 4`` (torch7's ``image.gaussian`` convention);
     * ``eps`` is a floor on the divisor, so an all-constant input gives 0 instead of 0/0;
+    * in float16 the gradient where the ``eps`` floor is active is of order ``1/eps`` (1e6 by
+      default), beyond float16's range: it rounds to ``inf`` (never NaN); pass a larger ``eps``;
     * at an exact tie ``sigma_j == mean(sigma)`` the custom gradient goes to the mean
       (``impl="xla"`` splits it evenly, as ``jnp.maximum`` does); where the ``eps`` floor is
       active no gradient flows to ``sigma``.
@@ -135,13 +151,16 @@ def local_contrast_norm(
       eps: floor on the divisor (``> 0``).
       impl: ``"custom"`` (hand-written VJP with separable smoothing; reverse mode only) or
         ``"xla"`` (a ``lax.conv_general_dilated`` with the full Gaussian kernel + autodiff,
-        forward mode included; its gradient is ``nan`` where ``sigma_j = 0``, the derivative of
-        ``sqrt`` at 0, which the custom rule avoids).
+        forward mode included; where ``sigma_j = 0`` both impls pass no gradient through
+        ``sqrt``, whose derivative is infinite there). float16/bfloat16 inputs are computed in
+        float32 and rounded once.
     """
-    check_impl(impl)
+    check_impl(impl, "local_contrast_norm")
     x = _floating("local_contrast_norm", x)
     nd = spatial_ndim(x, op="local_contrast_norm")
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer):
+        raise TypeError(f"local_contrast_norm: size must be an odd int >= 1, got {size!r}")
+    if size < 1:
         raise ValueError(f"local_contrast_norm: size must be an odd int >= 1, got {size!r}")
     if size % 2 == 0:
         raise ValueError(
@@ -154,10 +173,24 @@ def local_contrast_norm(
     eps = _number("local_contrast_norm", "eps", eps)
     if not eps > 0:
         raise ValueError(f"local_contrast_norm: eps must be > 0, got eps={eps!r}")
+    if 0 in x.shape[1:-1] or x.shape[-1] == 0:
+        raise ValueError(
+            "local_contrast_norm: the mean over spatial positions and channels (w_pq = G_pq / "
+            f"(C sum G)) needs every spatial dim and C >= 1, got x.shape = {tuple(x.shape)}"
+        )
+    check_extents(
+        "local_contrast_norm",
+        "zero-padded smoothing input",
+        (x.shape[0], *(n + int(size) for n in x.shape[1:-1]), x.shape[-1]),
+        "per dim n + size",
+    )
     cfg = _LcnConfig(nd, int(size), float(sigma), float(eps))
+    # Both impls run in float32 (or wider) and round once: the Gaussian sums and the eps floor
+    # (1e-6 is subnormal in float16, flushed to 0 on CPU: 0/0) stay well defined.
+    wide = x.astype(accumulation_dtype(x.dtype))
     if impl == "xla":
-        return _lcn_xla(x, cfg)
-    return call_custom_vjp("local_contrast_norm", _lcn_jit, x, cfg)
+        return _lcn_xla(wide, cfg).astype(x.dtype)
+    return call_custom_vjp("local_contrast_norm", _lcn_jit, wide, cfg).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,10 +199,7 @@ def local_contrast_norm(
 
 
 def _floating(op: str, x) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{op}: x must have a floating dtype, got {x.dtype}")
-    return x
+    return as_floating(op, x)
 
 
 def _number(op: str, name: str, value) -> float:
@@ -357,6 +387,10 @@ def _lcn_xla(x: jax.Array, cfg: _LcnConfig) -> jax.Array:
         )
 
     v = x - weighted_sum(x)
-    sigma = jnp.sqrt(weighted_sum(v * v))
+    # sqrt through a "double where": at q = 0 the gradient is 0 (the custom rule's convention)
+    # instead of autodiff's 0 * inf = nan.
+    q = weighted_sum(v * v)
+    positive = q > 0
+    sigma = jnp.where(positive, jnp.sqrt(jnp.where(positive, q, 1.0)), 0.0)
     mean = jnp.mean(sigma, axis=tuple(range(1, cfg.ndim + 1)), keepdims=True)
     return v / jnp.maximum(jnp.maximum(mean, sigma), cfg.eps)

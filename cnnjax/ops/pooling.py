@@ -35,7 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cnnjax.ops._common import Impl, call_custom_vjp, check_impl, spatial_ndim
+from cnnjax.ops._common import (
+    Impl,
+    accumulation_dtype,
+    as_floating,
+    call_custom_vjp,
+    check_extents,
+    check_impl,
+    spatial_ndim,
+)
 from cnnjax.shapes import Padding, canonicalize_padding, canonicalize_tuple, pool_output_size
 
 __all__ = ["avg_pool", "global_avg_pool", "global_max_pool", "lp_pool", "max_pool"]
@@ -87,8 +95,8 @@ def max_pool(
     >>> max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), 2).ravel()
     Array([ 5.,  7., 13., 15.], dtype=float32)
     """
-    check_impl(impl)
-    x = jnp.asarray(x)
+    check_impl(impl, "max_pool")
+    x = _real("max_pool", x)
     geom = _window_geometry(
         "max_pool", x, window, stride, padding, dilation, ceil_mode, check_half_window=True
     )
@@ -131,7 +139,7 @@ def avg_pool(
         through a ``custom_vjp``) or ``"xla"`` (``lax.reduce_window`` + autodiff, forward mode
         included).
     """
-    check_impl(impl)
+    check_impl(impl, "avg_pool")
     x = _floating("avg_pool", x)
     geom = _window_geometry(
         "avg_pool", x, window, stride, padding, 1, ceil_mode, check_half_window=True
@@ -151,33 +159,40 @@ def lp_pool(
     *,
     impl: Impl = "custom",
 ) -> jax.Array:
-    """Power-average (Lp) pooling ``y = (sum_window x^p)^(1/p)``, no padding.
+    """Lp pooling: the p-norm of each window, ``y = (sum_window |x|^p)^(1/p)``, no padding.
 
     Shapes: ``(N, *spatial, C) -> (N, *out, C)``, ``out`` as for :func:`max_pool` with zero
     padding and no dilation.
 
-    .. math:: y_j = \\Big(\\sum_{t} x_{j s + t}^{\\,p}\\Big)^{1/p}
+    .. math:: y_j = \\Big(\\sum_{t} |x_{j s + t}|^{\\,p}\\Big)^{1/p}
 
-    In ``ceil_mode`` a partial last window sums only the elements that exist. PyTorch's
-    ``lp_pool`` differs there: it computes ``(K * avg_pool(x^p))^(1/p)`` and its average divides
-    by the number of existing elements, so a partial window is rescaled by ``K / count``. The two
-    agree wherever windows are full. ``x^p`` is a real power: use non-negative inputs unless
-    ``p`` is an integer.
+    This is the norm of the seeds (and of Sermanet et al. 2012); on non-negative input (e.g.
+    after a ReLU) it equals PyTorch's ``lp_pool``, which raises the *signed* ``x`` to ``p``. For
+    real inputs of either sign it is always defined (odd ``p`` on a negative window is not NaN).
+    In ``ceil_mode`` a partial last window sums only the elements that exist. PyTorch differs
+    there: it computes ``(K * avg_pool(x^p))^(1/p)`` and its average divides by the number of
+    existing elements, so a partial window is rescaled by ``K / count``. The two agree wherever
+    windows are full.
 
-    Backward (``impl="custom"``): ``dx_i = x_i^(p-1) * sum_{j: i in window j} y_j^(1-p) dy_j``
-    (from ``dy/dx_i = x_i^(p-1) y^(1-p)``); where ``y_j == 0`` its term is defined as 0 (the
-    derivative does not exist there for ``p > 1``; ``impl="xla"`` autodiff gives ``nan``). For
-    ``p < 1`` and ``x_i == 0`` the derivative is infinite and the result is ``inf``/``nan``.
+    Gradient: ``dy_j/dx_i = sign(x_i) |x_i|^(p-1) y_j^(1-p)``, so
+    ``dx_i = sign(x_i) |x_i|^(p-1) sum_{j: i in window j} y_j^(1-p) dy_j``.
+    Convention at the non-differentiable points (a subgradient, identical in both impls, always
+    finite): a window whose sum ``sum |x|^p`` is 0 passes no gradient (0 is in the
+    subdifferential of the norm at 0), and ``x_i == 0`` receives no gradient (``sign(0) = 0``;
+    for ``p < 1`` the derivative there is infinite). ``impl="xla"`` gets the same numbers from
+    autodiff through "double where" safe powers. The window sum accumulates in float32 (or
+    wider) and rounds once.
 
     Args:
       x: ``(N, *spatial, C)`` floating array.
-      p: the power, a finite number ``> 0`` (``p = 1`` is sum pooling, ``p = 2`` L2 pooling).
+      p: the power, a finite number ``> 0`` (``p = 1`` is the sum of ``|x|``, ``p = 2`` L2
+        pooling).
       window, stride, ceil_mode: as in :func:`max_pool`.
       impl: ``"custom"`` (hand-written VJP; reverse mode only: forward mode is impossible
         through a ``custom_vjp``) or ``"xla"`` (``lax.reduce_window`` + autodiff, forward mode
         included).
     """
-    check_impl(impl)
+    check_impl(impl, "lp_pool")
     if isinstance(p, bool) or not isinstance(p, int | float | np.integer | np.floating):
         raise TypeError(f"lp_pool: p must be a positive number, got {p!r}")
     if not (math.isfinite(p) and p > 0):
@@ -203,11 +218,12 @@ def global_avg_pool(
     ``impl="xla"`` is ``jnp.mean`` + autodiff. Forward mode (``jax.jvp``) is impossible through
     the custom VJP: it needs ``impl="xla"``.
     """
-    check_impl(impl)
+    check_impl(impl, "global_avg_pool")
     x = _floating("global_avg_pool", x)
-    nd = spatial_ndim(x, op="global_avg_pool")
+    spatial_ndim(x, op="global_avg_pool")
+    _check_positions("global_avg_pool", x)
     if impl == "xla":
-        return jnp.mean(x, axis=tuple(range(1, nd + 1)), keepdims=bool(keepdims))
+        return _global_mean(x, bool(keepdims))
     cfg = _GlobalConfig(tuple(x.shape), bool(keepdims))
     return call_custom_vjp("global_avg_pool", _global_avg_pool_jit, x, cfg)
 
@@ -226,9 +242,10 @@ def global_max_pool(
     which splits the gradient evenly between tied maxima instead. Forward mode (``jax.jvp``)
     is impossible through the custom VJP: it needs ``impl="xla"``.
     """
-    check_impl(impl)
-    x = jnp.asarray(x)
+    check_impl(impl, "global_max_pool")
+    x = _real("global_max_pool", x)
     nd = spatial_ndim(x, op="global_max_pool")
+    _check_positions("global_max_pool", x)
     if impl == "xla":
         return jnp.max(x, axis=tuple(range(1, nd + 1)), keepdims=bool(keepdims))
     cfg = _GlobalConfig(tuple(x.shape), bool(keepdims))
@@ -270,6 +287,12 @@ def _window_geometry(
 ) -> _Geometry:
     nd = spatial_ndim(x, op=op)
     spatial = tuple(int(n) for n in x.shape[1:-1])
+    if 0 in spatial:
+        raise ValueError(
+            f"{op}: every spatial dim of x must be >= 1 (a window over an empty input has no "
+            f"value), got x.shape = {tuple(x.shape)}; a zero batch size N or channel count C is "
+            "allowed and gives an empty result"
+        )
     try:
         window = canonicalize_tuple(window, nd, "window")
         stride = window if stride is None else canonicalize_tuple(stride, nd, "stride")
@@ -305,14 +328,41 @@ def _window_geometry(
             )
         out.append(o)
         extra.append(max(0, (o - 1) * s + d * (k - 1) + 1 - (n + lo + hi)))
+    extents = [
+        n + lo + hi + d * (k - 1) + s
+        for n, k, s, d, (lo, hi) in zip(spatial, window, stride, dilation, padding)
+    ]
+    check_extents(
+        op,
+        "padded input of the window reduction",
+        (x.shape[0], *extents, x.shape[-1]),
+        "per dim n + lo + hi + d*(k-1) + s",
+    )
     return _Geometry(spatial, window, stride, dilation, padding, tuple(out), tuple(extra))
 
 
 def _floating(op: str, x) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{op}: x must have a floating dtype, got {x.dtype}")
+    return as_floating(op, x)
+
+
+def _real(op: str, x) -> jax.Array:
+    """Max pools accept every real dtype (bool, integers, floats; both impls return it) but not
+    complex numbers, which have no order."""
+    try:
+        x = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{op}: x must be an array, got {type(x).__name__}") from err
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{op}: x must be real (complex numbers have no maximum), got {x.dtype}")
     return x
+
+
+def _check_positions(op: str, x: jax.Array) -> None:
+    if 0 in x.shape[1:-1]:
+        raise ValueError(
+            f"{op}: the pool over P = prod(spatial) = 0 positions is undefined (x.shape = "
+            f"{tuple(x.shape)}); a zero batch size N or channel count C gives an empty result"
+        )
 
 
 # Init and pad values are NumPy scalars, not jnp arrays: lax.reduce_window recognises a max/add
@@ -353,7 +403,12 @@ def _reduce_window(x: jax.Array, init, op, geom: _Geometry) -> jax.Array:
 
 
 def _window_sum(x: jax.Array, geom: _Geometry) -> jax.Array:
-    """``sum_t x_{j s - lo + t d}`` with zero padding (including the ceil-mode extra)."""
+    """``sum_t x_{j s - lo + t d}`` with zero padding (including the ceil-mode extra).
+
+    Accumulates in :func:`accumulation_dtype` (float32 for float16/bfloat16) and returns that
+    dtype: callers round once, at the end.
+    """
+    x = x.astype(accumulation_dtype(x.dtype))
     return _reduce_window(x, _zero(x.dtype), lax.add, geom)
 
 
@@ -364,8 +419,9 @@ def _window_sum_transpose(g: jax.Array, geom: _Geometry) -> jax.Array:
     ``j s``), pad ``d(k-1) - lo`` before and ``n + lo - (o-1)s - 1`` after (negative = crop),
     giving length ``n + d(k-1)``; a stride-1 window sum of width ``k`` (dilation ``d``) then
     collects, at input ``i``, every ``g_j`` with ``j s - lo + t d = i``. The window is all ones,
-    so no kernel flip is needed.
+    so no kernel flip is needed. Accumulates (and returns) in :func:`accumulation_dtype`.
     """
+    g = g.astype(accumulation_dtype(g.dtype))
     config = [(0, 0, 0)]
     for n, k, s, d, (lo, _), o in zip(
         geom.spatial, geom.window, geom.stride, geom.dilation, geom.padding, geom.out, strict=True
@@ -506,12 +562,13 @@ def _avg_divisor(cfg: _AvgConfig) -> np.ndarray:
 
 
 def _avg_pool_xla(x: jax.Array, cfg: _AvgConfig) -> jax.Array:
-    return _window_sum(x, cfg.geom) / _avg_divisor(cfg).astype(x.dtype)
+    total = _window_sum(x, cfg.geom)
+    return (total / _avg_divisor(cfg).astype(total.dtype)).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _avg_pool_custom(x: jax.Array, cfg: _AvgConfig) -> jax.Array:
-    return _window_sum(x, cfg.geom) / _avg_divisor(cfg).astype(x.dtype)
+    return _avg_pool_xla(x, cfg)
 
 
 def _avg_pool_fwd(x: jax.Array, cfg: _AvgConfig):
@@ -519,8 +576,11 @@ def _avg_pool_fwd(x: jax.Array, cfg: _AvgConfig):
 
 
 def _avg_pool_bwd(cfg: _AvgConfig, _, g: jax.Array):
-    # dx_i = sum_{j: i in window j} g_j / K_j: the window-sum adjoint of g / K.
-    return (_window_sum_transpose(g / _avg_divisor(cfg).astype(g.dtype), cfg.geom),)
+    # dx_i = sum_{j: i in window j} g_j / K_j: the window-sum adjoint of g / K (in float32 or
+    # wider, rounded once).
+    acc = accumulation_dtype(g.dtype)
+    scaled = g.astype(acc) / _avg_divisor(cfg).astype(acc)
+    return (_window_sum_transpose(scaled, cfg.geom).astype(g.dtype),)
 
 
 _avg_pool_custom.defvjp(_avg_pool_fwd, _avg_pool_bwd)
@@ -538,34 +598,52 @@ class _LpConfig(NamedTuple):
 
 
 def _power(x: jax.Array, p: float) -> jax.Array:
-    # Integer powers use exact repeated multiplication (and accept negative bases).
+    # Integer powers use exact repeated multiplication.
     if float(p).is_integer():
         return lax.integer_pow(x, int(p))
     return lax.pow(x, np.array(p, x.dtype))
 
 
+def _safe_power(a: jax.Array, p: float) -> jax.Array:
+    """``a^p`` for ``a >= 0``, 0 at ``a == 0`` with derivative 0 there (the "double where":
+    the power never sees a 0, so autodiff never forms ``0 * inf``)."""
+    positive = a > 0
+    a_safe = jnp.where(positive, a, jnp.ones((), a.dtype))
+    return jnp.where(positive, _power(a_safe, p), jnp.zeros((), a.dtype))
+
+
+def _lp_norm_wide(x: jax.Array, cfg: _LpConfig) -> jax.Array:
+    """``(sum_window |x|^p)^(1/p)`` in the accumulation dtype (not yet rounded)."""
+    a = jnp.abs(x.astype(accumulation_dtype(x.dtype)))
+    return _safe_power(_window_sum(_safe_power(a, cfg.p), cfg.geom), 1.0 / cfg.p)
+
+
 def _lp_pool_xla(x: jax.Array, cfg: _LpConfig) -> jax.Array:
-    return _power(_window_sum(_power(x, cfg.p), cfg.geom), 1.0 / cfg.p)
+    return _lp_norm_wide(x, cfg).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _lp_pool_custom(x: jax.Array, cfg: _LpConfig) -> jax.Array:
-    return _power(_window_sum(_power(x, cfg.p), cfg.geom), 1.0 / cfg.p)
+    return _lp_pool_xla(x, cfg)
 
 
 def _lp_pool_fwd(x: jax.Array, cfg: _LpConfig):
-    y = _lp_pool_custom(x, cfg)
-    return y, (x, y)
+    y_wide = _lp_norm_wide(x, cfg)
+    return y_wide.astype(x.dtype), (x, y_wide)
 
 
 def _lp_pool_bwd(cfg: _LpConfig, residuals, g: jax.Array):
-    # dx_i = x_i^(p-1) * sum_{j: i in window j} y_j^(1-p) g_j; terms with y_j = 0 are 0.
-    # (The "safe" y keeps y^(1-p) finite so that differentiating this rule again is NaN-free.)
+    # dx_i = sign(x_i) |x_i|^(p-1) * sum_{j: i in window j} y_j^(1-p) g_j, in the accumulation
+    # dtype; windows with y_j = 0 and inputs x_i = 0 contribute 0 (the subgradient convention).
+    # The safe powers keep y^(1-p) and |x|^(p-1) finite, so differentiating this rule again is
+    # NaN-free too.
     x, y = residuals
-    nonzero = y != 0
-    y_safe = jnp.where(nonzero, y, jnp.ones((), y.dtype))
-    coef = jnp.where(nonzero, _power(y_safe, 1.0 - cfg.p) * g, jnp.zeros((), g.dtype))
-    return (_power(x, cfg.p - 1.0) * _window_sum_transpose(coef, cfg.geom),)
+    acc = y.dtype
+    coef = _safe_power(y, 1.0 - cfg.p) * g.astype(acc)
+    spread = _window_sum_transpose(coef, cfg.geom)
+    x = x.astype(acc)
+    factor = jnp.sign(x) * _safe_power(jnp.abs(x), cfg.p - 1.0)
+    return ((factor * spread).astype(g.dtype),)
 
 
 _lp_pool_custom.defvjp(_lp_pool_fwd, _lp_pool_bwd)
@@ -586,9 +664,17 @@ class _GlobalConfig(NamedTuple):
         return (n, *(1,) * (len(self.shape) - 2), c) if self.keepdims else (n, c)
 
 
+def _global_mean(x: jax.Array, keepdims: bool) -> jax.Array:
+    """Mean over the spatial axes, summed in float32 (or wider) and rounded once."""
+    axes = tuple(range(1, x.ndim - 1))
+    return jnp.mean(x, axis=axes, keepdims=keepdims, dtype=accumulation_dtype(x.dtype)).astype(
+        x.dtype
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _global_avg_pool_custom(x: jax.Array, cfg: _GlobalConfig) -> jax.Array:
-    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=cfg.keepdims)
+    return _global_mean(x, cfg.keepdims)
 
 
 def _global_avg_pool_fwd(x: jax.Array, cfg: _GlobalConfig):
@@ -596,10 +682,12 @@ def _global_avg_pool_fwd(x: jax.Array, cfg: _GlobalConfig):
 
 
 def _global_avg_pool_bwd(cfg: _GlobalConfig, _, g: jax.Array):
-    # dx_{nic} = g_{nc} / P, broadcast over every spatial position i.
+    # dx_{nic} = g_{nc} / P, broadcast over every spatial position i (divided in float32 or
+    # wider: P can exceed float16's range).
     shape = cfg.shape
     g = g.reshape(shape[0], *(1,) * (len(shape) - 2), shape[-1])
-    return (jnp.broadcast_to(g / math.prod(shape[1:-1]), shape),)
+    share = (g.astype(accumulation_dtype(g.dtype)) / math.prod(shape[1:-1])).astype(g.dtype)
+    return (jnp.broadcast_to(share, shape),)
 
 
 _global_avg_pool_custom.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
@@ -612,7 +700,7 @@ def _global_max_pool_custom(x: jax.Array, cfg: _GlobalConfig) -> jax.Array:
 
 
 def _global_max_pool_fwd(x: jax.Array, cfg: _GlobalConfig):
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
     argmax = jnp.argmax(flat, axis=1)  # the first maximum (a NaN counts as the maximum)
     y = jnp.take_along_axis(flat, argmax[:, None, :], axis=1)
     return y.reshape(cfg.output_shape()), argmax
