@@ -1,4 +1,4 @@
-"""Checkpoints with orbax: periodic and final saves, keep-N, resume from the latest.
+"""Checkpoints with orbax: periodic and final saves, keep-N, verified restore with fallback.
 
 A checkpoint holds the :class:`~cnnjax.train.state.TrainState` as a nested dict of host NumPy
 arrays (``flax.serialization.to_state_dict``; one replica, whatever the driver, so a run may
@@ -9,36 +9,80 @@ training continues.
 Atomicity: orbax writes each step into a temporary directory and renames it only after every
 file (and, in multi-process runs, every process) is done; ``latest_step()`` only ever sees
 finished checkpoints, so a run killed during a save resumes from the previous one.
+
+Integrity: once orbax has committed a step, process 0 writes ``STEP/cnnjax_manifest.json``
+(written to a temporary file, then renamed) with the size and SHA-256 of every file of the step
+and whether every floating-point array was finite. :meth:`Checkpointer.restore` checks, newest
+checkpoint first: the manifest (missing, truncated or altered files), the array tree against
+the template (paths, shapes, dtypes — a mismatch is a :class:`CheckpointMismatch`, never a
+fallback: it means another model), the restore itself, and that the restored arrays are
+finite. A damaged checkpoint is reported in one line and the next older one is tried; none
+intact is a :class:`CheckpointError`. A checkpoint committed but killed before its manifest was
+written is *unverified*: it is restored if orbax can read it and its values are finite.
+
+Rotation (``keep``): a checkpoint is deleted only once ``keep`` checkpoints not known to hold
+NaN/inf are newer than it, so the last finite checkpoint is never rotated out by non-finite
+ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer"]
+__all__ = ["MANIFEST", "CheckpointError", "CheckpointMismatch", "Checkpointer"]
+
+MANIFEST = "cnnjax_manifest.json"
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint: every candidate is damaged (or the requested one is)."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint's arrays (paths, shapes, dtypes) do not fit the model being restored."""
 
 
 class Checkpointer:
     """Save and restore train states under ``directory`` (``WORKDIR/checkpoints``)."""
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        primary: bool | None = None,
+    ):
         self.directory = pathlib.Path(directory).absolute()
+        self.keep = max(1, keep)
+        self.primary = jax.process_index() == 0 if primary is None else primary
+        self.restored_step: int | None = None
+        self._pending: dict[int, bool] = {}  # step → every float array finite, until manifested
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+                max_to_keep=None, enable_async_checkpointing=async_save, create=True
             ),
         )
 
     def latest_step(self) -> int | None:
         """The step of the newest *finished* checkpoint, or ``None``."""
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of every finished checkpoint, oldest first."""
+        return sorted(self.manager.all_steps())
 
     def path(self, step: int | None = None) -> pathlib.Path:
         """Directory of the checkpoint at ``step`` (default: latest)."""
@@ -49,38 +93,246 @@ class Checkpointer:
         """Save a host state (NumPy leaves) at ``step``; a no-op if that step is already saved."""
         if step in self.manager.all_steps():
             return
+        self._finish_pending()
+        tree = _to_tree(state)
+        self._pending[step] = _all_finite(tree)
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_tree(state)),
+                state=ocp.args.StandardSave(tree),
                 meta=ocp.args.JsonSave(meta or {}),
             ),
             force=True,
         )
 
-    def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restore into the structure of ``template`` (a host state); returns ``(state, meta)``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+    def verify(self, step: int) -> str | None:
+        """What is wrong with the files of checkpoint ``step`` per its manifest, or ``None``.
+
+        ``None`` also for a checkpoint without a manifest (unverified; see the module docstring).
+        """
+        root = self.path(step)
+        manifest = root / MANIFEST
+        if not root.is_dir():
+            return "its directory is missing"
+        if not manifest.exists():
+            return None
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"its manifest {MANIFEST} is unreadable"
+        for name, (size, digest) in sorted(files.items()):
+            file = root / name
+            if not file.is_file():
+                return f"file {name} is missing"
+            actual = file.stat().st_size
+            if actual != size:
+                return f"file {name} has {actual} bytes, {size} were written"
+            if _sha256(file) != digest:
+                return f"file {name} was altered (SHA-256 differs from the manifest)"
+        return None
+
+    def is_finite(self, step: int) -> bool | None:
+        """Whether ``step``'s manifest says every float array was finite (``None``: unknown)."""
+        if step in self._pending:
+            return self._pending[step]
+        try:
+            return bool(json.loads((self.path(step) / MANIFEST).read_text())["finite"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def restore(
+        self,
+        template: Any,
+        step: int | None = None,
+        *,
+        report: Callable[[str], None] | None = None,
+        quarantine: bool = False,
+    ) -> tuple[Any, dict]:
+        """Restore the newest intact checkpoint (or exactly ``step``) into ``template``'s structure.
+
+        Returns ``(state, meta)`` and sets :attr:`restored_step`. Each damaged checkpoint skipped
+        is passed to ``report`` as one line; with ``quarantine=True`` it is moved to
+        ``WORKDIR/checkpoints_damaged/STEP`` so that training can save that step again.
+        Raises :class:`CheckpointMismatch` when the arrays do not fit ``template``, and
+        :class:`CheckpointError` (``FileNotFoundError`` when there is no checkpoint at all) when
+        nothing intact is left.
+        """
+        self._finish_pending()
+        steps = self.all_steps() if step is None else [step]
+        if step is not None and step not in self.manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint at step {step} under {self.directory} (steps: "
+                f"{', '.join(map(str, self.all_steps())) or 'none'})"
+            )
+        if not steps:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         tree = _to_tree(template)
-        restored = self.manager.restore(
+        damaged = []
+        for candidate in reversed(steps):
+            problem = self.verify(candidate) or self._check_tree(candidate, tree)
+            if problem is None:
+                try:
+                    restored = self._restore(candidate, tree)
+                except Exception as e:
+                    problem = f"orbax cannot read it ({_first_line(e)})"
+                else:
+                    if not _all_finite(restored["state"]):
+                        problem = "it holds NaN or inf values"
+            if problem is None:
+                if damaged and quarantine:
+                    self._quarantine(damaged)
+                self.restored_step = candidate
+                raw = flax.serialization.to_state_dict(template)
+                state = flax.serialization.from_state_dict(
+                    template, _from_tree(restored["state"], raw)
+                )
+                return state, dict(restored["meta"] or {})
+            damaged.append(candidate)
+            if report is not None:
+                older = [s for s in steps if s < candidate]
+                then = f"trying step {older[-1]}" if older else "no older checkpoint"
+                report(f"checkpoint {self.path(candidate)} is damaged: {problem}; {then}")
+        raise CheckpointError(
+            f"no intact checkpoint under {self.directory}: step(s) "
+            f"{', '.join(map(str, sorted(damaged)))} damaged; start again in a new workdir"
+        )
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk (and manifested, rotated)."""
+        self._finish_pending()
+
+    def close(self) -> None:
+        self._finish_pending()
+        self.manager.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _restore(self, step: int, tree: Any) -> Any:
+        return self.manager.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(tree), meta=ocp.args.JsonRestore()
             ),
         )
-        raw = flax.serialization.to_state_dict(template)
-        state = flax.serialization.from_state_dict(template, _from_tree(restored["state"], raw))
-        return state, dict(restored["meta"] or {})
 
-    def wait(self) -> None:
-        """Block until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+    def _check_tree(self, step: int, tree: Any) -> str | None:
+        """``None`` if the stored arrays match ``tree``; damage → a problem string; a readable
+        but different tree → :class:`CheckpointMismatch`."""
+        try:
+            metadata = ocp.StandardCheckpointHandler().metadata(self.path(step) / "state")
+            stored = _signature(getattr(metadata, "tree", metadata))
+        except Exception as e:
+            return f"its array metadata is unreadable ({_first_line(e)})"
+        expected = _signature(tree)
+        if stored != expected:
+            raise CheckpointMismatch(
+                f"checkpoint {self.path(step)} does not fit this model: "
+                + _describe_difference(stored, expected)
+            )
+        return None
 
-    def close(self) -> None:
+    def _finish_pending(self) -> None:
+        """Wait for the async save, write the manifests of committed steps, then rotate."""
         self.manager.wait_until_finished()
-        self.manager.close()
+        if not self._pending:
+            return
+        committed = set(self.manager.all_steps())
+        for step, finite in sorted(self._pending.items()):
+            if step in committed and self.primary:
+                _write_manifest(self.path(step), finite)
+        self._pending.clear()
+        self._rotate()
+
+    def _rotate(self) -> None:
+        steps = self.all_steps()
+        counted = [s for s in steps if self.is_finite(s) is not False]
+        if len(counted) < self.keep:
+            return
+        oldest_kept = counted[-self.keep]
+        for step in steps:
+            if step < oldest_kept:
+                self.manager.delete(step)
+
+    def _quarantine(self, steps: list[int]) -> None:
+        target = self.directory.parent / "checkpoints_damaged"
+        if self.primary:
+            target.mkdir(exist_ok=True)
+            for step in steps:
+                destination = target / str(step)
+                if destination.exists():
+                    shutil.rmtree(destination)
+                shutil.move(str(self.path(step)), destination)
+        self.manager.reload()
+
+
+def _write_manifest(root: pathlib.Path, finite: bool) -> None:
+    files = {
+        str(p.relative_to(root)): [p.stat().st_size, _sha256(p)]
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(f".{MANIFEST}")
+    }
+    temporary = root / f".{MANIFEST}.tmp"
+    with temporary.open("w") as f:
+        json.dump({"format": 1, "finite": finite, "files": files}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, root / MANIFEST)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _all_finite(tree: Any) -> bool:
+    """Every floating-point leaf finite (integer leaves — counters, keys — are ignored)."""
+    for leaf in jax.tree.leaves(tree):
+        array = np.asarray(leaf)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            return False
+    return True
+
+
+def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"params/conv1/kernel": (shape, dtype)}`` for arrays or orbax ``ArrayMetadata``."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        out[key] = (tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype).name)
+    return out
+
+
+def _describe_difference(stored: dict, expected: dict) -> str:
+    """At most three examples: arrays only in the checkpoint, only in the model, and changed."""
+    missing = sorted(expected.keys() - stored.keys())
+    extra = sorted(stored.keys() - expected.keys())
+    changed = sorted(k for k in stored.keys() & expected.keys() if stored[k] != expected[k])
+    parts = []
+    if changed:
+        k = changed[0]
+        parts.append(
+            f"{len(changed)} array(s) differ, e.g. {k}: checkpoint {_fmt(stored[k])}, "
+            f"model {_fmt(expected[k])}"
+        )
+    if missing:
+        parts.append(f"{len(missing)} model array(s) not in the checkpoint, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} checkpoint array(s) not in the model, e.g. {extra[0]}")
+    return "; ".join(parts)
+
+
+def _fmt(entry: tuple[tuple[int, ...], str]) -> str:
+    shape, dtype = entry
+    return f"{dtype}[{','.join(map(str, shape))}]"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 _EMPTY = "__empty__"

@@ -70,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
             "milestones": (),  # optimiser updates at which "step" multiplies by decay_factor
             "decay_factor": 0.1,
             "end_lr": 0.0,
+            # Set by --extend (see cnnjax.train.workdir): (start, end) batch steps of each
+            # cosine cycle; () is one cycle over the whole run.
+            "cycles": (),
         }
     )
     c.label_smoothing = 0.0
@@ -79,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.parallel = "auto"  # auto | none | pmap | sharded
     c.prefetch = 2
     c.resume = True
+    c.extend = False  # allow growing a recorded run's length (a new cosine cycle; see workdir.py)
     c.checkpoint = ml_collections.ConfigDict(
         {"every_steps": config_dict.placeholder(int), "keep": 3, "async_save": True}
     )
@@ -89,6 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
             "coordinator": config_dict.placeholder(str),
             "num_processes": config_dict.placeholder(int),
             "process_id": config_dict.placeholder(int),
+            "timeout_s": 120,  # a peer not joined by then is a one-line error
         }
     )
     return c
