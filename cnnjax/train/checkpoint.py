@@ -32,6 +32,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -146,13 +147,15 @@ class Checkpointer:
         step: int | None = None,
         *,
         report: Callable[[str], None] | None = None,
-        quarantine: bool = False,
+        quarantine: bool = True,
     ) -> tuple[Any, dict]:
         """Restore the newest intact checkpoint (or exactly ``step``) into ``template``'s structure.
 
         Returns ``(state, meta)`` and sets :attr:`restored_step`. Each damaged checkpoint skipped
-        is passed to ``report`` as one line; with ``quarantine=True`` it is moved to
-        ``WORKDIR/checkpoints_damaged/STEP`` so that training can save that step again.
+        is reported in one line (to ``report``; default: stderr, process 0); with
+        ``quarantine=True`` (training) it is moved to ``WORKDIR/checkpoints_damaged/STEP``, so
+        that the run can save that step again and ``latest_step()`` is the one restored;
+        ``quarantine=False`` (evaluation) leaves the files alone.
         Raises :class:`CheckpointMismatch` when the arrays do not fit ``template``, and
         :class:`CheckpointError` (``FileNotFoundError`` when there is no checkpoint at all) when
         nothing intact is left.
@@ -167,6 +170,7 @@ class Checkpointer:
         if not steps:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         tree = _to_tree(template)
+        report = report or self._report
         damaged = []
         for candidate in reversed(steps):
             problem = self.verify(candidate) or self._check_tree(candidate, tree)
@@ -188,14 +192,17 @@ class Checkpointer:
                 )
                 return state, dict(restored["meta"] or {})
             damaged.append(candidate)
-            if report is not None:
-                older = [s for s in steps if s < candidate]
-                then = f"trying step {older[-1]}" if older else "no older checkpoint"
-                report(f"checkpoint {self.path(candidate)} is damaged: {problem}; {then}")
+            older = [s for s in steps if s < candidate]
+            then = f"trying step {older[-1]}" if older else "no older checkpoint"
+            report(f"checkpoint {self.path(candidate)} is damaged: {problem}; {then}")
         raise CheckpointError(
             f"no intact checkpoint under {self.directory}: step(s) "
             f"{', '.join(map(str, sorted(damaged)))} damaged; start again in a new workdir"
         )
+
+    def _report(self, line: str) -> None:
+        if self.primary:
+            print(f"cnnjax: {line}", file=sys.stderr, flush=True)
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk (and manifested, rotated)."""
@@ -227,7 +234,8 @@ class Checkpointer:
         if stored != expected:
             raise CheckpointMismatch(
                 f"checkpoint {self.path(step)} does not fit this model: "
-                + _describe_difference(stored, expected)
+                f"{_describe_difference(stored, expected)}. It holds another model's run: "
+                "use a new --workdir"
             )
         return None
 

@@ -25,7 +25,6 @@ import functools
 import json
 import pathlib
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ import numpy as np
 from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batches
 from cnnjax.data.augment import device_augment, device_normalize
 from cnnjax.data.pipeline import prefetch_to_device
-from cnnjax.train.checkpoint import Checkpointer, CheckpointMismatch
+from cnnjax.train.checkpoint import Checkpointer
 from cnnjax.train.metrics import MetricsWriter, Progress
 from cnnjax.train.optim import make_optimizer, make_schedule
 from cnnjax.train.parallel import Driver, initialize_distributed, make_driver
@@ -333,11 +332,8 @@ def train(
         async_save=config.checkpoint.async_save,
     )
     if config.resume and checkpointer.latest_step() is not None:
-        host_state = _restore(checkpointer, host_state, config, primary)
-        say(
-            f"resuming from {checkpointer.path(checkpointer.restored_step)} (step "
-            f"{int(host_state.step)})"
-        )
+        host_state, _ = checkpointer.restore(host_state)  # newest intact; damage reported
+        say(f"resuming from {checkpointer.path()} (step {int(host_state.step)})")
     contract.commit(primary)
     step = int(host_state.step)
     if checkpointer.restored_step is not None and step >= run.total_steps:
@@ -463,22 +459,6 @@ def train(
     )
 
 
-def _restore(checkpointer: Checkpointer, template, config, primary: bool):
-    """The newest intact checkpoint (damaged ones reported on stderr and set aside)."""
-
-    def report(line: str) -> None:
-        if primary:
-            print(f"cnnjax: {line}", file=sys.stderr, flush=True)
-
-    try:
-        state, _ = checkpointer.restore(template, report=report, quarantine=True)
-    except CheckpointMismatch as e:
-        raise CheckpointMismatch(
-            f"{e}. This workdir holds another model's run; train {config.model} in a new --workdir"
-        ) from None
-    return state
-
-
 def _already_finished(run: Run, checkpointer: Checkpointer, host_state, workdir, say):
     """A rerun of a finished run: report its recorded result, train nothing."""
     step = int(host_state.step)
@@ -562,9 +542,8 @@ def evaluate(
         config.dataset = dataset
     run = build_run(config)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    report = functools.partial(print, file=sys.stderr)
-    try:
-        state, _ = checkpointer.restore(run.initial_state(), step, report=report)
+    try:  # the newest intact checkpoint; damaged ones are reported, left in place
+        state, _ = checkpointer.restore(run.initial_state(), step, quarantine=False)
     finally:
         checkpointer.close()
     params = state.ema_params if config.optimizer.ema_decay is not None else state.params
