@@ -194,10 +194,11 @@ class Checkpointer:
             damaged.append(candidate)
             older = [s for s in steps if s < candidate]
             then = f"trying step {older[-1]}" if older else "no older checkpoint"
-            report(f"checkpoint {self.path(candidate)} is damaged: {problem}; {then}")
+            report(f"checkpoint {self.path(candidate)} skipped: {problem}; {then}")
         raise CheckpointError(
-            f"no intact checkpoint under {self.directory}: step(s) "
-            f"{', '.join(map(str, sorted(damaged)))} damaged; start again in a new workdir"
+            f"no usable checkpoint under {self.directory}: step(s) "
+            f"{', '.join(map(str, sorted(damaged)))} damaged or non-finite (reported above); "
+            "start again in a new --workdir"
         )
 
     def _report(self, line: str) -> None:
@@ -317,7 +318,10 @@ def _describe_difference(stored: dict, expected: dict) -> str:
     """At most three examples: arrays only in the checkpoint, only in the model, and changed."""
     missing = sorted(expected.keys() - stored.keys())
     extra = sorted(stored.keys() - expected.keys())
-    changed = sorted(k for k in stored.keys() & expected.keys() if stored[k] != expected[k])
+    changed = sorted(  # parameters first: they name the layer that differs
+        (k for k in stored.keys() & expected.keys() if stored[k] != expected[k]),
+        key=lambda k: (not k.startswith("params/"), k),
+    )
     parts = []
     if changed:
         k = changed[0]
