@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cnnjax {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"cnnjax {args.command}: interrupted", file=sys.stderr)
+        return 130
     return int(status or 0)
 
 

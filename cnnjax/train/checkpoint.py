@@ -70,6 +70,9 @@ class Checkpointer:
         self.primary = jax.process_index() == 0 if primary is None else primary
         self.restored_step: int | None = None
         self._pending: dict[int, bool] = {}  # step → every float array finite, until manifested
+        # Finiteness of the steps saved by this process: every process decides rotation from
+        # the same values without waiting for process 0's manifests.
+        self._finite: dict[int, bool] = {}
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -96,7 +99,7 @@ class Checkpointer:
             return
         self._finish_pending()
         tree = _to_tree(state)
-        self._pending[step] = _all_finite(tree)
+        self._pending[step] = self._finite[step] = _all_finite(tree)
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -134,8 +137,8 @@ class Checkpointer:
 
     def is_finite(self, step: int) -> bool | None:
         """Whether ``step``'s manifest says every float array was finite (``None``: unknown)."""
-        if step in self._pending:
-            return self._pending[step]
+        if step in self._finite:
+            return self._finite[step]
         try:
             return bool(json.loads((self.path(step) / MANIFEST).read_text())["finite"])
         except (OSError, ValueError, KeyError, TypeError):

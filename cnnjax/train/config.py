@@ -114,10 +114,15 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"config file {str(file)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_cnnjax_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{file} defines no get_config()")
-    return module.get_config() if arg is None else module.get_config(arg)
+    try:  # a mistake in the user's Python is a one-line error naming the file
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"{file} defines no get_config()")
+        return module.get_config() if arg is None else module.get_config(arg)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"config file {file} failed: {type(e).__name__}: {e}") from e
 
 
 def apply_overrides(
