@@ -319,12 +319,13 @@ def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def _describe_difference(stored: dict, expected: dict) -> str:
     """At most three examples: arrays only in the checkpoint, only in the model, and changed."""
-    missing = sorted(expected.keys() - stored.keys())
-    extra = sorted(stored.keys() - expected.keys())
-    changed = sorted(  # parameters first: they name the layer that differs
-        (k for k in stored.keys() & expected.keys() if stored[k] != expected[k]),
-        key=lambda k: (not k.startswith("params/"), k),
-    )
+
+    def params_first(keys):  # parameters name the layer that differs
+        return sorted(keys, key=lambda k: (not k.startswith("params/"), k))
+
+    missing = params_first(expected.keys() - stored.keys())
+    extra = params_first(stored.keys() - expected.keys())
+    changed = params_first(k for k in stored.keys() & expected.keys() if stored[k] != expected[k])
     parts = []
     if changed:
         k = changed[0]
