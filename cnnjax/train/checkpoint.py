@@ -10,15 +10,19 @@ Atomicity: orbax writes each step into a temporary directory and renames it only
 file (and, in multi-process runs, every process) is done; ``latest_step()`` only ever sees
 finished checkpoints, so a run killed during a save resumes from the previous one.
 
-Integrity: once orbax has committed a step, process 0 writes ``STEP/cnnjax_manifest.json``
-(written to a temporary file, then renamed) with the size and SHA-256 of every file of the step
-and whether every floating-point array was finite. :meth:`Checkpointer.restore` checks, newest
-checkpoint first: the manifest (missing, truncated or altered files), the array tree against
-the template (paths, shapes, dtypes — a mismatch is a :class:`CheckpointMismatch`, never a
-fallback: it means another model), the restore itself, and that the restored arrays are
-finite. A damaged checkpoint is reported in one line and the next older one is tried; none
-intact is a :class:`CheckpointError`. A checkpoint committed but killed before its manifest was
-written is *unverified*: it is restored if orbax can read it and its values are finite.
+Integrity: process 0 writes ``STEP/cnnjax_manifest.json`` with the size and SHA-256 of every
+file of the step (but orbax's ``_CHECKPOINT_METADATA`` and ``commit_success.txt``, which orbax
+rewrites while committing) and whether every floating-point array was finite. Single-process
+asynchronous saves write it from orbax's ``post_finalization_callback``, into the temporary
+directory before the rename, so the manifest is part of the atomic commit; synchronous and
+multi-process saves write it (temporary file, then rename) once orbax has committed.
+:meth:`Checkpointer.restore` checks, newest checkpoint first: the manifest (missing, truncated
+or altered files), the array tree against the template (paths, shapes, dtypes — a mismatch is a
+:class:`CheckpointMismatch`, never a fallback: it means another model), the restore itself, and
+that the restored arrays are finite. A damaged checkpoint is reported in one line and the next
+older one is tried; none intact is a :class:`CheckpointError`. A checkpoint without a manifest
+(a synchronous save killed before writing it, or older than manifests) is *unverified*: it is
+restored if orbax can read it and its values are finite.
 
 Rotation (``keep``): a checkpoint is deleted only once ``keep`` checkpoints not known to hold
 NaN/inf are newer than it, so the last finite checkpoint is never rotated out by non-finite
@@ -44,6 +48,8 @@ import orbax.checkpoint as ocp
 __all__ = ["MANIFEST", "CheckpointError", "CheckpointMismatch", "Checkpointer"]
 
 MANIFEST = "cnnjax_manifest.json"
+# Rewritten or added by orbax while it commits a step, after the arrays are final.
+_ORBAX_COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 class CheckpointError(ValueError):
@@ -73,10 +79,19 @@ class Checkpointer:
         # Finiteness of the steps saved by this process: every process decides rotation from
         # the same values without waiting for process 0's manifests.
         self._finite: dict[int, bool] = {}
+        self._saving: int | None = None  # the step of the save in flight
+        in_commit = async_save and jax.process_count() == 1
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=None, enable_async_checkpointing=async_save, create=True
+                max_to_keep=None,
+                enable_async_checkpointing=async_save,
+                create=True,
+                async_options=ocp.AsyncOptions(
+                    post_finalization_callback=self._manifest_before_commit
+                )
+                if in_commit
+                else None,
             ),
         )
 
@@ -100,6 +115,7 @@ class Checkpointer:
         self._finish_pending()
         tree = _to_tree(state)
         self._pending[step] = self._finite[step] = _all_finite(tree)
+        self._saving = step
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -250,10 +266,21 @@ class Checkpointer:
             return
         committed = set(self.manager.all_steps())
         for step, finite in sorted(self._pending.items()):
-            if step in committed and self.primary:
+            done = (self.path(step) / MANIFEST).exists()
+            if step in committed and self.primary and not done:
                 _write_manifest(self.path(step), finite)
         self._pending.clear()
         self._rotate()
+
+    def _manifest_before_commit(self) -> None:
+        """orbax's post-finalisation callback: the arrays are final, the directory not yet
+        renamed. Writes the manifest there (else :meth:`_finish_pending` writes it later)."""
+        step = self._saving
+        if step is None or not self.primary:
+            return
+        temporary = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+        if len(temporary) == 1:
+            _write_manifest(temporary[0], self._finite[step])
 
     def _rotate(self) -> None:
         steps = self.all_steps()
@@ -281,7 +308,10 @@ def _write_manifest(root: pathlib.Path, finite: bool) -> None:
     files = {
         str(p.relative_to(root)): [p.stat().st_size, _sha256(p)]
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(f".{MANIFEST}")
+        if p.is_file()
+        and p.name != MANIFEST
+        and not p.name.startswith(f".{MANIFEST}")
+        and str(p.relative_to(root)) not in _ORBAX_COMMIT_FILES
     }
     temporary = root / f".{MANIFEST}.tmp"
     with temporary.open("w") as f:
