@@ -158,6 +158,17 @@ def test_damage_in_the_latest_checkpoint_falls_back_to_the_previous(
     checkpointer.close()
 
 
+@pytest.mark.parametrize("async_save", [True, False])
+def test_the_manifest_is_written_with_the_checkpoint(tmp_path, bn_state, async_save):
+    checkpointer = Checkpointer(tmp_path / "checkpoints", async_save=async_save)
+    checkpointer.save(2, bn_state, {"step": 2})
+    # Committed, and cnnjax did nothing after it: a kill now leaves a verified checkpoint.
+    checkpointer.manager.wait_until_finished()
+    assert (tmp_path / "checkpoints" / "2" / MANIFEST).is_file()
+    assert checkpointer.verify(2) is None and checkpointer.is_finite(2)
+    checkpointer.close()
+
+
 def test_evaluation_falls_back_without_moving_files(tmp_path, bn_state):
     directory = _saved(tmp_path / "checkpoints", bn_state)
     _flip(_largest_array_file(directory / "6"))

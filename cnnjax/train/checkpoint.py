@@ -80,6 +80,7 @@ class Checkpointer:
         # the same values without waiting for process 0's manifests.
         self._finite: dict[int, bool] = {}
         self._saving: int | None = None  # the step of the save in flight
+        self._async = async_save
         in_commit = async_save and jax.process_count() == 1
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -124,6 +125,8 @@ class Checkpointer:
             ),
             force=True,
         )
+        if not self._async:  # written already: manifest it now
+            self._finish_pending()
 
     def verify(self, step: int) -> str | None:
         """What is wrong with the files of checkpoint ``step`` per its manifest, or ``None``.
