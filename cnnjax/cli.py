@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import re
 import sys
@@ -22,9 +23,17 @@ _DESCRIPTION = "cnnjax: a JAX functional CNN toolkit (ops → layers → models 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cnnjax`` parser with one sub-parser per subcommand."""
-    parser = argparse.ArgumentParser(prog="cnnjax", description=_DESCRIPTION)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of an error instead of one line",
+    )
+    parser = argparse.ArgumentParser(prog="cnnjax", description=_DESCRIPTION, parents=[debug])
     parser.add_argument("--version", action="version", version=f"cnnjax {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[debug])
 
     p = sub.add_parser(
         "train",
@@ -91,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-resume", action="store_true", help="refuse to resume (workdir must be fresh)"
+    )
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="train a recorded run longer (more --epochs); a cosine schedule restarts for the "
+        "added steps",
     )
     p.add_argument(
         "--coordinator", help="multi-process: coordinator host:port, or auto (SLURM, TPU, MPI)"
@@ -196,10 +211,24 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the benchmarks
     try:
         status = args.handler(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"cnnjax {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:  # user mistakes and environment faults
+        if getattr(args, "debug", False):
+            raise
+        print(f"cnnjax {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"cnnjax {args.command}: interrupted", file=sys.stderr)
+        return 130
     return int(status or 0)
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of the message (libraries' messages can run to thousands of lines)."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    more = " (--debug for the rest)" if len(lines) > 1 else ""
+    return lines[0] + more
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -228,6 +257,8 @@ def _train(args: argparse.Namespace) -> int:
         config.optimizer.lr = args.lr
     if args.no_resume:
         config.resume = False
+    if args.extend:
+        config.extend = True
     for key, value in (
         ("coordinator", args.coordinator),
         ("num_processes", args.num_processes),
@@ -239,7 +270,9 @@ def _train(args: argparse.Namespace) -> int:
     workdir = pathlib.Path(args.workdir or _default_workdir(config.model, config.dataset))
     result = train(config, workdir, verbose=not args.quiet)
     if args.quiet:
-        if result.interrupted:
+        if result.already_finished:
+            print(f"already finished at step {result.step}; checkpoint {result.checkpoint}")
+        elif result.interrupted:
             print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}")
         else:
             print(f"test accuracy {result.test['accuracy']:.2%}; checkpoint {result.checkpoint}")

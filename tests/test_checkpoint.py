@@ -1,8 +1,11 @@
-"""Checkpoints: round trip, keep-N, atomicity, and kill-and-resume equal to an unbroken run."""
+"""Checkpoints: round trip, keep-N, atomicity, damage detection with fallback, finite-aware
+rotation, a short error for another model's checkpoint, and kill-and-resume equal to an
+unbroken run."""
 
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 
 from cnnjax.train import Checkpointer, TrainState, make_optimizer
+from cnnjax.train.checkpoint import MANIFEST, CheckpointError, CheckpointMismatch
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +89,153 @@ def test_restore_without_checkpoint_is_a_clear_error(tmp_path, bn_state):
     checkpointer = Checkpointer(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no checkpoint under"):
         checkpointer.restore(bn_state)
+    checkpointer.close()
+
+
+def _saved(directory, bn_state, steps=(2, 4, 6), keep=3):
+    checkpointer = Checkpointer(directory, keep=keep)
+    for step in steps:
+        checkpointer.save(step, bn_state.replace(step=np.int32(step)), {"step": step})
+    checkpointer.close()
+    return directory
+
+
+def _largest_array_file(root):
+    files = [p for p in (root / "state").rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+# What a disk, a copy or a user does to a file: bytes altered, cut short, gone.
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 16):
+        if i < len(data):
+            data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {"flip": _flip, "truncate": _truncate, "delete": pathlib.Path.unlink}
+TARGETS = {
+    "array data": _largest_array_file,
+    "tree metadata": lambda root: root / "state" / "_METADATA",
+    "ocdbt manifest": lambda root: root / "state" / "manifest.ocdbt",
+    "meta json": lambda root: root / "meta" / "metadata",
+    "orbax step metadata": lambda root: root / "_CHECKPOINT_METADATA",
+    "cnnjax manifest": lambda root: root / MANIFEST,
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damage_in_the_latest_checkpoint_falls_back_to_the_previous(
+    tmp_path, bn_state, damage, target
+):
+    directory = _saved(tmp_path / "checkpoints", bn_state)
+    assert all((directory / str(s) / MANIFEST).is_file() for s in (2, 4, 6))
+    DAMAGE[damage](TARGETS[target](directory / "6"))
+    checkpointer = Checkpointer(directory)
+    lines = []
+    restored, meta = checkpointer.restore(bn_state, report=lines.append)
+    step = checkpointer.restored_step
+    # Never wrong values: either step 6 exactly as saved (the damage left the arrays readable
+    # and intact: the manifest gone, or orbax's own step metadata, which it does not need to
+    # read them) or step 4, exactly as saved.
+    _assert_same(restored, bn_state.replace(step=np.int32(step)))
+    assert meta == {"step": step}
+    if (target, damage) == ("cnnjax manifest", "delete") or target == "orbax step metadata":
+        assert step == 6 and lines == []
+    else:
+        assert step == 4
+        assert len(lines) == 1 and f"{directory / '6'} skipped: " in lines[0], lines
+        assert lines[0].endswith("trying step 4") and "\n" not in lines[0]
+        # Set aside, so that training can write step 6 again.
+        assert checkpointer.all_steps() == [2, 4]
+        assert (tmp_path / "checkpoints_damaged" / "6").is_dir()
+    checkpointer.close()
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_the_manifest_is_written_with_the_checkpoint(tmp_path, bn_state, async_save):
+    checkpointer = Checkpointer(tmp_path / "checkpoints", async_save=async_save)
+    checkpointer.save(2, bn_state, {"step": 2})
+    # Committed, and cnnjax did nothing after it: a kill now leaves a verified checkpoint.
+    checkpointer.manager.wait_until_finished()
+    assert (tmp_path / "checkpoints" / "2" / MANIFEST).is_file()
+    assert checkpointer.verify(2) is None and checkpointer.is_finite(2)
+    checkpointer.close()
+
+
+def test_evaluation_falls_back_without_moving_files(tmp_path, bn_state):
+    directory = _saved(tmp_path / "checkpoints", bn_state)
+    _flip(_largest_array_file(directory / "6"))
+    checkpointer = Checkpointer(directory)
+    lines = []
+    checkpointer.restore(bn_state, report=lines.append, quarantine=False)
+    assert checkpointer.restored_step == 4 and len(lines) == 1
+    assert checkpointer.all_steps() == [2, 4, 6]
+    checkpointer.close()
+
+
+def test_altered_bytes_without_a_manifest_never_load_silently(tmp_path, bn_state):
+    directory = _saved(tmp_path / "checkpoints", bn_state)
+    (directory / "6" / MANIFEST).unlink()  # e.g. killed between orbax's commit and the manifest
+    _flip(_largest_array_file(directory / "6"))
+    checkpointer = Checkpointer(directory)
+    lines = []
+    restored, _ = checkpointer.restore(bn_state, report=lines.append)
+    step = checkpointer.restored_step
+    _assert_same(restored, bn_state.replace(step=np.int32(step)))
+    assert step == 4 and len(lines) == 1, lines
+    checkpointer.close()
+
+
+def test_every_checkpoint_damaged_is_one_clear_error(tmp_path, bn_state):
+    directory = _saved(tmp_path / "checkpoints", bn_state)
+    for step in (2, 4, 6):
+        _truncate(_largest_array_file(directory / str(step)))
+    checkpointer = Checkpointer(directory)
+    lines = []
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint .*: step\(s\) 2, 4, 6") as e:
+        checkpointer.restore(bn_state, report=lines.append)
+    assert len(lines) == 3 and "\n" not in str(e.value)
+    assert checkpointer.all_steps() == [2, 4, 6]  # nothing moved when nothing is usable
+    checkpointer.close()
+
+
+def test_another_models_checkpoint_is_a_short_error(tmp_path, bn_state):
+    directory = _saved(tmp_path / "checkpoints", bn_state, steps=(2,))
+    params = {**bn_state.params, "fc": {"kernel": np.zeros((8, 100), np.float32)}}
+    other = bn_state.replace(params=params)
+    checkpointer = Checkpointer(directory)
+    with pytest.raises(CheckpointMismatch) as e:
+        checkpointer.restore(other)
+    message = str(e.value)
+    assert "\n" not in message and len(message) < 600, message
+    assert "params/fc/kernel: checkpoint float32[8,10], model float32[8,100]" in message
+    assert "1 checkpoint array(s) not in the model, e.g. params/fc/bias" in message
+    assert checkpointer.all_steps() == [2]  # not mistaken for damage
+    checkpointer.close()
+
+
+def test_rotation_never_drops_the_last_finite_checkpoint(tmp_path, bn_state):
+    nan = bn_state.replace(params=jax.tree.map(lambda x: np.full_like(x, np.nan), bn_state.params))
+    checkpointer = Checkpointer(tmp_path / "checkpoints", keep=2)
+    for step in range(1, 8):
+        state = (bn_state if step <= 3 else nan).replace(step=np.int32(step))
+        checkpointer.save(step, state, {"step": step})
+    checkpointer.wait()
+    # keep=2 counts finite checkpoints only: 2 and 3 stay, and the non-finite ones after them.
+    assert checkpointer.all_steps() == [2, 3, 4, 5, 6, 7]
+    assert [checkpointer.is_finite(s) for s in (3, 4)] == [True, False]
+    lines = []
+    restored, _ = checkpointer.restore(bn_state, report=lines.append)
+    assert checkpointer.restored_step == 3 and len(lines) == 4
+    assert all("NaN or inf" in line for line in lines)
+    _assert_same(restored, bn_state.replace(step=np.int32(3)))
     checkpointer.close()
 
 

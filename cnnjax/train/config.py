@@ -75,6 +75,9 @@ def default_config() -> ml_collections.ConfigDict:
             "milestones": (),  # optimiser updates at which "step" multiplies by decay_factor
             "decay_factor": 0.1,
             "end_lr": 0.0,
+            # Set by --extend (see cnnjax.train.workdir): (start, end) batch steps of each
+            # cosine cycle; () is one cycle over the whole run.
+            "cycles": (),
         }
     )
     c.label_smoothing = 0.0
@@ -84,6 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.parallel = "auto"  # auto | none | pmap | sharded
     c.prefetch = 2
     c.resume = True
+    c.extend = False  # allow growing a recorded run's length (a new cosine cycle; see workdir.py)
     c.checkpoint = ml_collections.ConfigDict(
         {"every_steps": config_dict.placeholder(int), "keep": 3, "async_save": True}
     )
@@ -94,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
             "coordinator": config_dict.placeholder(str),
             "num_processes": config_dict.placeholder(int),
             "process_id": config_dict.placeholder(int),
+            "timeout_s": 120,  # a peer not joined by then is a one-line error
         }
     )
     return c
@@ -114,10 +119,15 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"config file {str(file)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_cnnjax_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{file} defines no get_config()")
-    return module.get_config() if arg is None else module.get_config(arg)
+    try:  # a mistake in the user's Python is a one-line error naming the file
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"{file} defines no get_config()")
+        return module.get_config() if arg is None else module.get_config(arg)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"config file {file} failed: {type(e).__name__}: {e}") from e
 
 
 def apply_overrides(

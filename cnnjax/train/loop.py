@@ -45,6 +45,7 @@ from cnnjax.train.optim import make_optimizer, make_schedule
 from cnnjax.train.parallel import Driver, initialize_distributed, make_driver
 from cnnjax.train.state import TrainState, create_train_state
 from cnnjax.train.steps import eval_step, train_step
+from cnnjax.train.workdir import check_run, finished_test_metrics, preflight
 
 __all__ = [
     "EvalResult",
@@ -69,6 +70,7 @@ class TrainResult:
     step: int
     interrupted: bool
     workdir: pathlib.Path
+    already_finished: bool = False  # a rerun of a finished run: nothing was trained
 
 
 @dataclasses.dataclass
@@ -174,6 +176,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         milestones=config.schedule.milestones,
         decay_factor=config.schedule.decay_factor,
         end_lr=config.schedule.end_lr,
+        cycles=[(start // accumulate, end // accumulate) for start, end in config.schedule.cycles],
     )
     tx = make_optimizer(
         opt.name,
@@ -303,7 +306,9 @@ def train(
     ``hooks`` are called as ``hook(step)`` after every step (on the host, cheap callables only).
     """
     dist = config.distributed
-    initialize_distributed(dist.coordinator, dist.num_processes, dist.process_id)
+    initialize_distributed(
+        dist.coordinator, dist.num_processes, dist.process_id, dist.get("timeout_s", 120)
+    )
     workdir = pathlib.Path(workdir).absolute()
     primary = jax.process_index() == 0
     run = build_run(config)  # validates everything before the workdir is touched
@@ -313,10 +318,12 @@ def train(
             f"resume=False but {workdir} already holds checkpoints; choose another workdir or "
             "delete it"
         )
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json(indent=2))
-        save_class_names(workdir, run.dataset)
+    contract = check_run(workdir, config, run)  # a changed run is refused before any work
+    if contract.config is not config:
+        config = contract.config
+        run = build_run(config, dataset=run.dataset)
+    host_state = run.initial_state()
+    preflight(workdir, host_state, primary=primary)
     driver = run.driver
 
     def say(text: str) -> None:
@@ -328,11 +335,15 @@ def train(
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    host_state = run.initial_state()
     if config.resume and checkpointer.latest_step() is not None:
-        host_state, _ = checkpointer.restore(host_state)
+        host_state, _ = checkpointer.restore(host_state)  # newest intact; damage reported
         say(f"resuming from {checkpointer.path()} (step {int(host_state.step)})")
+    contract.commit(primary)
+    if primary:
+        save_class_names(workdir, run.dataset)
     step = int(host_state.step)
+    if checkpointer.restored_step is not None and step >= run.total_steps:
+        return _already_finished(run, checkpointer, host_state, workdir, say)
     state = driver.place_state(host_state)
     del host_state
 
@@ -454,6 +465,29 @@ def train(
     )
 
 
+def _already_finished(run: Run, checkpointer: Checkpointer, host_state, workdir, say):
+    """A rerun of a finished run: report its recorded result, train nothing."""
+    step = int(host_state.step)
+    path = checkpointer.path(checkpointer.restored_step)
+    checkpointer.close()
+    test = finished_test_metrics(workdir, step)
+    if test is None:  # no record (e.g. metrics.jsonl removed): score the checkpoint
+        test = _run_eval(run, run.driver.place_state(host_state))
+    say(
+        f"already finished at step {step} (test accuracy {test['accuracy']:.2%}); nothing to "
+        f"train. Checkpoint {path}; to train longer, pass more --epochs with --extend"
+    )
+    return TrainResult(
+        state=host_state,
+        test={k: test.get(k) for k in ("loss", "accuracy", "count", "images_per_sec")},
+        checkpoint=path,
+        step=step,
+        interrupted=False,
+        workdir=workdir,
+        already_finished=True,
+    )
+
+
 def _rates(sums: dict[str, float], images: int, seconds: float) -> dict[str, float]:
     count = max(sums["count"], 1.0)
     return {
@@ -514,8 +548,8 @@ def evaluate(
         config.dataset = dataset
     run = build_run(config)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    try:
-        state, _ = checkpointer.restore(run.initial_state(), step)
+    try:  # the newest intact checkpoint; damaged ones are reported, left in place
+        state, _ = checkpointer.restore(run.initial_state(), step, quarantine=False)
     finally:
         checkpointer.close()
     params = state.ema_params if config.optimizer.ema_decay is not None else state.params

@@ -9,6 +9,9 @@ when gradients are accumulated over several batches.
 Schedules count *optimiser updates* (= batches ÷ ``accumulate_steps``): ``constant``, ``step``
 (multiply by ``decay_factor`` at each of ``milestones``), ``cosine`` (to ``end_lr`` at
 ``total_steps``), each optionally preceded by ``warmup_steps`` of linear warm-up from 0.
+``cycles`` (``(start, end)`` update counts, set when a run is extended) makes ``cosine`` a
+sequence of cycles: the first as above over ``[0, end_0)``, each later one a cosine from ``lr``
+to ``end_lr`` over ``[start_i, end_i)`` without warm-up (a warm restart).
 """
 
 from __future__ import annotations
@@ -30,8 +33,19 @@ def make_schedule(
     milestones: Sequence[int] = (),
     decay_factor: float = 0.1,
     end_lr: float = 0.0,
+    cycles: Sequence[Sequence[int]] = (),
 ) -> optax.Schedule:
     """Learning rate as a function of the optimiser update count (see the module docstring)."""
+    if name == "cosine" and len(cycles) > 1:
+        alpha = end_lr / lr if lr else 0.0
+        first = make_schedule(
+            name, lr, total_steps=int(cycles[0][1]), warmup_steps=warmup_steps, end_lr=end_lr
+        )
+        rest = [
+            optax.cosine_decay_schedule(lr, max(1, int(end) - int(start)), alpha=alpha)
+            for start, end in cycles[1:]
+        ]
+        return optax.join_schedules([first, *rest], [int(start) for start, _ in cycles[1:]])
     if name == "constant":
         main = optax.constant_schedule(lr)
     elif name == "step":

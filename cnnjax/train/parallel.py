@@ -24,8 +24,11 @@ compiled once: batch shapes are static (``drop_remainder`` in training, padded e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
+import threading
 from collections.abc import Callable
 
 import jax
@@ -43,6 +46,7 @@ def initialize_distributed(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    timeout_s: float = 120,
 ) -> bool:
     """Call ``jax.distributed.initialize`` when a multi-process run is asked for.
 
@@ -50,10 +54,17 @@ def initialize_distributed(
     ``CNNJAX_PROCESS_ID``; ``coordinator="auto"`` lets JAX detect the cluster (SLURM, Cloud TPU,
     MPI) by itself. Returns whether initialisation happened (``False`` for one process). CPU
     processes exchange collectives over gloo.
+
+    If the processes have not all joined within ``timeout_s`` seconds, the process prints one
+    line naming the coordinator and process ids to stderr and exits with status 2: JAX's own
+    timeout aborts the interpreter from C++ (``SIGABRT``, a stack trace, no exception to catch),
+    so a watchdog thread ends the process first (``os._exit``; the connect call releases the
+    GIL) and JAX's timeout is set later than it.
     """
     coordinator = coordinator or os.environ.get("CNNJAX_COORDINATOR")
     if coordinator == "auto":
-        jax.distributed.initialize()
+        with _join_watchdog("auto-detected", "?", "?", timeout_s):
+            jax.distributed.initialize(initialization_timeout=int(timeout_s) + 30)
         return True
     if num_processes is None and os.environ.get("CNNJAX_NUM_PROCESSES"):
         num_processes = int(os.environ["CNNJAX_NUM_PROCESSES"])
@@ -65,10 +76,38 @@ def initialize_distributed(
         raise ValueError("a multi-process run needs --process-id (or CNNJAX_PROCESS_ID)")
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
-    )
+    with _join_watchdog(coordinator, process_id, num_processes, timeout_s):
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=int(timeout_s) + 30,
+        )
     return True
+
+
+@contextlib.contextmanager
+def _join_watchdog(coordinator, process_id, num_processes, timeout_s: float):
+    """Exit with one cnnjax line if the block has not finished after ``timeout_s`` seconds."""
+
+    def give_up():
+        others = "the other processes" if num_processes == "?" else f"ids 0–{num_processes - 1}"
+        sys.stderr.write(
+            f"cnnjax: error: process {process_id} of {num_processes} could not form the run "
+            f"with coordinator {coordinator} within {timeout_s:g} s ({others} must all start "
+            "with the same --coordinator and --num-processes; raise distributed.timeout_s if "
+            "they start slowly)\n"
+        )
+        sys.stderr.flush()
+        os._exit(2)
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
 
 
 def resolve_parallel(parallel: str) -> str:
