@@ -245,8 +245,8 @@ class OpResult:
 
 # Default tolerances: float64 compares custom with xla (the rule itself); lower precisions
 # compare each impl with the same impl in float64 on the same (rounded) inputs and cotangent,
-# i.e. the rounding error, a few units of the dtype's unit roundoff (2^-53, 2^-24, 2^-11, 2^-8).
-TOLERANCES = {"float64": 1e-10, "float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
+# i.e. the rounding error: about 4 units of the dtype's unit roundoff (2^-11, 2^-8).
+TOLERANCES = {"float64": 1e-10, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 EDGES = ("zeros", "ties", "negatives")
 
 
@@ -255,8 +255,13 @@ def relative_error(actual, expected) -> float:
     expected = np.asarray(expected, np.float64)
     if actual.size == 0:
         return 0.0
-    scale = max(float(np.max(np.abs(expected))), 1e-300)
-    return float(np.max(np.abs(actual - expected)) / scale)
+    same = actual == expected  # equal infinities (e.g. a max over padding only) agree
+    diff = np.where(same, 0.0, np.abs(np.where(same, 0.0, actual) - np.where(same, 0.0, expected)))
+    if np.isnan(diff).any():
+        return float("inf")
+    finite = np.abs(expected[np.isfinite(expected)])
+    scale = max(float(np.max(finite, initial=0.0)), 1e-300)
+    return float(np.max(diff) / scale)
 
 
 def _edge(x: np.ndarray, edge: str, rng: np.random.Generator) -> np.ndarray:
@@ -409,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"gradcheck: {len(args.ops)} ops x {args.cases} cases ({what}"
-        f"{', with edge inputs' if edges else ''}); tolerance {tol:.0e}",
+        f"{', with edge inputs' if edges else ''}); tolerance {tol:.2g}",
         flush=True,
     )
     header = (
@@ -447,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dtype == "float64":
         print(f"OK: every custom VJP equals autodiff to <= {tol:.0e} relative (float64).")
     else:
-        print(f"OK: both impls in {args.dtype} are within {tol:.0e} relative of float64.")
+        print(f"OK: both impls in {args.dtype} are within {tol:.2g} relative of float64.")
     return 0
 
 
