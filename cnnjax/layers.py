@@ -482,7 +482,7 @@ class AvgPool(_NoParams):
 
 
 class LpPool(_NoParams):
-    """Power-average pooling ``(sum_window x^p)^(1/p)``: :func:`cnnjax.ops.lp_pool`."""
+    """Lp pooling, each window's p-norm ``(sum_window |x|^p)^(1/p)``: :func:`cnnjax.ops.lp_pool`."""
 
     p: float
     window: Sequence[int]
