@@ -8,6 +8,12 @@ status is 1 when any error exceeds ``--tol`` (default 1e-10).
 
     cnnjax gradcheck                      # all ops, 25 configurations each
     cnnjax gradcheck --ops conv max_pool --cases 200
+    cnnjax gradcheck --dtype bfloat16     # rounding error vs float64, with edge inputs
+
+With ``--dtype float32/float16/bfloat16`` each impl runs in that dtype and is compared with the
+same impl in float64 on the same rounded inputs and cotangent (tolerances per dtype, edge inputs
+with exact zeros, ties and negatives by default for the 16-bit types). Progress goes to stderr
+on a terminal; each op's line gives its time and an estimate of the time left.
 """
 
 from __future__ import annotations
@@ -161,7 +167,7 @@ def _lp_pool_case(rng: np.random.Generator) -> Case | None:
         return None
     p = float(rng.choice([1.0, 2.0, 3.0, 1.5]))
     kw = dict(stride=stride, ceil_mode=ceil_mode)
-    x = 0.5 + rng.random((2, *spatial, 3))  # positive: x**p is real for non-integer p
+    x = rng.standard_normal((2, *spatial, 3))  # any sign: the norm (sum |x|^p)^(1/p)
     return Case(
         f"p={p}, window={window}, {kw}",
         (x,),
@@ -234,21 +240,85 @@ class OpResult:
     worst_forward: float
     worst_grad: dict[int, float]
     worst_case: str
+    seconds: float = 0.0
+
+
+# Default tolerances: float64 compares custom with xla (the rule itself); lower precisions
+# compare each impl with the same impl in float64 on the same (rounded) inputs and cotangent,
+# i.e. the rounding error: about 4 units of the dtype's unit roundoff (2^-11, 2^-8).
+TOLERANCES = {"float64": 1e-10, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+EDGES = ("zeros", "ties", "negatives")
 
 
 def relative_error(actual, expected) -> float:
-    actual, expected = np.asarray(actual), np.asarray(expected)
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
     if actual.size == 0:
         return 0.0
-    scale = max(float(np.max(np.abs(expected))), 1e-300)
-    return float(np.max(np.abs(actual - expected)) / scale)
+    same = actual == expected  # equal infinities (e.g. a max over padding only) agree
+    diff = np.where(same, 0.0, np.abs(np.where(same, 0.0, actual) - np.where(same, 0.0, expected)))
+    if np.isnan(diff).any():
+        return float("inf")
+    finite = np.abs(expected[np.isfinite(expected)])
+    scale = max(float(np.max(finite, initial=0.0)), 1e-300)
+    return float(np.max(diff) / scale)
 
 
-def check_op(op: str, cases: int, seed: int) -> OpResult:
-    """Run ``cases`` random configurations of ``op``; return the worst relative errors."""
+def _edge(x: np.ndarray, edge: str, rng: np.random.Generator) -> np.ndarray:
+    """An edge input: some exact zeros (and all-zero windows), ties, or all negative values."""
+    if edge == "zeros":
+        return np.where(rng.random(x.shape) < 0.5, 0.0, x)
+    if edge == "ties":
+        return np.round(x * 2) / 2
+    return -np.abs(x) - 0.1
+
+
+def _evaluate(case: Case, arrays, cotangent, impls):
+    """``{impl: (y, grads)}`` for ``impls``, all in one jit (one compilation per case)."""
     import jax
     import jax.numpy as jnp
 
+    def run(cotangent, *arrays):
+        out = {}
+        for impl in impls:
+            y, pullback = jax.vjp(lambda *a, impl=impl: case.call(*a, impl=impl), *arrays)
+            out[impl] = (y, pullback(cotangent.astype(y.dtype)))
+        return out
+
+    return jax.jit(run)(jnp.asarray(cotangent), *arrays)
+
+
+def _compare(result: OpResult, case: Case, pairs) -> None:
+    """Record the worst relative errors of ``[((y, grads), (y_ref, grads_ref)), ...]``."""
+    worst_here = 0.0
+    for (y, grads), (y_ref, grads_ref) in pairs:
+        forward = relative_error(y, y_ref)
+        worst_here = max(worst_here, forward)
+        result.worst_forward = max(result.worst_forward, forward)
+        for i, (g, g_ref) in enumerate(zip(grads, grads_ref, strict=True)):
+            err = relative_error(g, g_ref)
+            if not np.isfinite(np.asarray(g, np.float64)).all():
+                err = float("inf")
+            worst_here = max(worst_here, err)
+            result.worst_grad[i] = max(result.worst_grad.get(i, 0.0), err)
+    if worst_here >= max([result.worst_forward, *result.worst_grad.values()]):
+        result.worst_case = case.description
+
+
+def check_op(
+    op: str, cases: int, seed: int, dtype: str = "float64", edges: bool = False, progress=None
+) -> OpResult:
+    """Run ``cases`` random configurations of ``op``; return the worst relative errors.
+
+    float64: custom VJP vs autodiff (``impl="xla"``). Other dtypes: each impl in ``dtype``
+    against the same impl in float64 on the same rounded inputs; with ``edges`` every other
+    case uses an edge input (zeros, ties, negatives). ``progress(done)`` is called per case.
+    """
+    import time
+
+    import jax.numpy as jnp
+
+    start = time.perf_counter()
     rng = np.random.default_rng([seed, sorted(SWEEPS).index(op)])
     result = OpResult(op, 0, 0.0, {}, "")
     attempts = 0
@@ -257,68 +327,132 @@ def check_op(op: str, cases: int, seed: int) -> OpResult:
         case = SWEEPS[op](rng)
         if case is None:
             continue
-        arrays = tuple(jnp.asarray(a, jnp.float64) for a in case.arrays)
-        y_custom = case.call(*arrays, impl="custom")
-        y_xla = case.call(*arrays, impl="xla")
-        cotangent = jnp.asarray(rng.standard_normal(y_custom.shape))
-        argnums = tuple(range(len(arrays)))
-
-        def vjp(impl, case=case, cotangent=cotangent, argnums=argnums):
-            def loss(*inputs):
-                return jnp.vdot(case.call(*inputs, impl=impl), cotangent)
-
-            return jax.grad(loss, argnums)
-
-        grads_custom, grads_xla = vjp("custom")(*arrays), vjp("xla")(*arrays)
-        forward = relative_error(y_custom, y_xla)
-        worst_here = forward
-        result.worst_forward = max(result.worst_forward, forward)
-        for i, (gc, gx) in enumerate(zip(grads_custom, grads_xla, strict=True)):
-            err = relative_error(gc, gx)
-            worst_here = max(worst_here, err)
-            if err >= result.worst_grad.get(i, -1.0):
-                result.worst_grad[i] = err
-        if worst_here >= max([result.worst_forward, *result.worst_grad.values()]):
-            result.worst_case = case.description
+        if edges and result.cases % 2 == 1:
+            edge = EDGES[(result.cases // 2) % len(EDGES)]
+            arrays = (_edge(case.arrays[0], edge, rng), *case.arrays[1:])
+            case = dataclasses.replace(case, description=f"{edge}: {case.description}")
+        else:
+            arrays = case.arrays
+        low = tuple(jnp.asarray(a, dtype) for a in arrays)
+        wide = tuple(a.astype(jnp.float64) for a in low)
+        y_shape = case.call(*wide, impl="xla").shape
+        cotangent = jnp.asarray(rng.standard_normal(y_shape), dtype)
+        if dtype == "float64":
+            out = _evaluate(case, wide, cotangent, ("custom", "xla"))
+            _compare(result, case, [(out["custom"], out["xla"])])
+        else:
+            out = _evaluate(case, low, cotangent, ("custom", "xla"))
+            ref = _evaluate(case, wide, cotangent.astype(jnp.float64), ("custom", "xla"))
+            _compare(result, case, [(out[i], ref[i]) for i in ("custom", "xla")])
         result.cases += 1
+        if progress is not None:
+            progress(result.cases)
+    result.seconds = time.perf_counter() - start
     return result
+
+
+def _progress_printer(op: str, index: int, total_ops: int, cases: int, started: float):
+    """Progress on stderr: one updating line on a terminal, nothing extra when piped."""
+    import time
+
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int) -> None:
+        elapsed = time.perf_counter() - started
+        print(
+            f"\r[{index}/{total_ops}] {op}: {done}/{cases} cases, {elapsed:.0f} s elapsed",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cnnjax gradcheck",
         description="Compare every op's hand-written VJP with JAX autodiff over random "
-        "configurations (float64) and print the worst relative errors.",
+        "configurations (float64), or measure both impls' rounding error in a lower precision "
+        "against float64 (--dtype), and print the worst relative errors.",
     )
     parser.add_argument("--ops", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
-    parser.add_argument("--cases", type=int, default=25, help="configurations per op")
+    parser.add_argument(
+        "--cases", type=int, default=25, help="configurations per op (about 0.2 s each)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tol", type=float, default=1e-10, help="max allowed relative error")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(TOLERANCES),
+        default="float64",
+        help="float64: custom vs autodiff; float32/float16/bfloat16: each impl vs itself in "
+        "float64 on the same rounded inputs, with dtype-appropriate tolerances",
+    )
+    parser.add_argument(
+        "--edges",
+        action="store_true",
+        help="every other case uses an edge input: exact zeros, ties or negative values "
+        "(default on for float16/bfloat16)",
+    )
+    parser.add_argument(
+        "--tol", type=float, default=None, help="max allowed relative error (default per dtype)"
+    )
     args = parser.parse_args(argv)
+    tol = TOLERANCES[args.dtype] if args.tol is None else args.tol
+    edges = args.edges or args.dtype in ("float16", "bfloat16")
+
+    import time
 
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    header = f"{'op':<22}{'cases':>6}{'forward':>11}{'d arg0':>11}{'d arg1':>11}{'d arg2':>11}"
+    what = (
+        "custom VJP vs autodiff, float64"
+        if args.dtype == "float64"
+        else f"custom and xla in {args.dtype} vs float64"
+    )
+    print(
+        f"gradcheck: {len(args.ops)} ops x {args.cases} cases ({what}"
+        f"{', with edge inputs' if edges else ''}); tolerance {tol:.2g}",
+        flush=True,
+    )
+    header = (
+        f"{'op':<22}{'cases':>6}{'forward':>11}{'d arg0':>11}{'d arg1':>11}{'d arg2':>11}"
+        f"{'time':>8}"
+    )
     print(header)
-    print("-" * len(header))
+    print("-" * len(header), flush=True)
     failed = []
-    for op in args.ops:
-        r = check_op(op, args.cases, args.seed)
+    started = time.perf_counter()
+    for index, op in enumerate(args.ops, start=1):
+        show = _progress_printer(op, index, len(args.ops), args.cases, started)
+        r = check_op(op, args.cases, args.seed, args.dtype, edges, show)
+        if show is not None:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
         grads = [r.worst_grad.get(i) for i in range(3)]
         cells = "".join(f"{g:>11.1e}" if g is not None else f"{'':>11}" for g in grads)
         worst = max([r.worst_forward, *r.worst_grad.values()])
-        flag = "  FAIL" if worst > args.tol else ""
-        print(f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{flag}")
-        if worst > args.tol:
+        flag = "  FAIL" if not worst <= tol else ""
+        elapsed = time.perf_counter() - started
+        remaining = elapsed / index * (len(args.ops) - index)
+        eta = f"  (about {remaining:.0f} s left)" if index < len(args.ops) else ""
+        print(
+            f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}{eta}",
+            flush=True,
+        )
+        if not worst <= tol:
             failed.append((op, worst, r.worst_case))
     print("-" * len(header))
     print("arg0 is x; arg1/arg2 are w/b for conv and conv_transpose.")
     if failed:
         for op, worst, case in failed:
-            print(f"FAIL {op}: relative error {worst:.3e} > {args.tol:.1e} at {case}")
+            print(f"FAIL {op}: relative error {worst:.3e} > {tol:.1e} at {case}")
         return 1
-    print(f"OK: every custom VJP equals autodiff to <= {args.tol:.0e} relative (float64).")
+    if args.dtype == "float64":
+        print(f"OK: every custom VJP equals autodiff to <= {tol:.0e} relative (float64).")
+    else:
+        print(f"OK: both impls in {args.dtype} are within {tol:.2g} relative of float64.")
     return 0
 
 

@@ -501,7 +501,7 @@ class AvgPool(_NoParams):
 
 
 class LpPool(_NoParams):
-    """Power-average pooling ``(sum_window x^p)^(1/p)``: :func:`cnnjax.ops.lp_pool`."""
+    """Lp pooling, each window's p-norm ``(sum_window |x|^p)^(1/p)``: :func:`cnnjax.ops.lp_pool`."""
 
     p: float
     window: Sequence[int]
@@ -548,20 +548,14 @@ class AdaptiveAvgPool(_NoParams):
         if all(n % o == 0 for n, o in zip(spatial, output_size, strict=True)):
             window = tuple(n // o for n, o in zip(spatial, output_size, strict=True))
             return ops.avg_pool(x, window, window, impl=self.impl)
+        # The sums accumulate in float32 or wider and round once, at the end (as the ops do).
+        dtype, y = x.dtype, x.astype(jnp.promote_types(x.dtype, jnp.float32))
         for axis, (n, o) in enumerate(zip(spatial, output_size, strict=True), start=1):
-            matrix = jnp.asarray(_adaptive_average_matrix(n, o))
-            # HIGHEST: an average must stay exact on accelerators (no bf16 passes); the sums
-            # accumulate in float32 or wider and round once (as the ops do).
-            acc = jnp.promote_types(x.dtype, jnp.float32)
-            y = jnp.tensordot(
-                x,
-                matrix.astype(acc),
-                axes=([axis], [1]),
-                precision=jax.lax.Precision.HIGHEST,
-                preferred_element_type=acc,
-            )
-            x = jnp.moveaxis(y, -1, axis).astype(x.dtype)
-        return x
+            matrix = jnp.asarray(_adaptive_average_matrix(n, o), y.dtype)
+            # HIGHEST: an average must stay exact on accelerators (no bf16 passes).
+            y = jnp.tensordot(y, matrix, axes=([axis], [1]), precision=jax.lax.Precision.HIGHEST)
+            y = jnp.moveaxis(y, -1, axis)
+        return y.astype(dtype)
 
 
 def _adaptive_average_matrix(n: int, o: int) -> np.ndarray:

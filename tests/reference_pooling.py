@@ -164,7 +164,7 @@ def avg_pool_grad(
 
 
 def lp_pool(x, p, window, stride=None, ceil_mode=False):
-    """``y_j = (sum_t x_{j s + t}^p)^(1/p)``, summing only the elements that exist."""
+    """``y_j = (sum_t |x_{j s + t}|^p)^(1/p)`` (the norm), summing only the elements that exist."""
     x = np.asarray(x)
     window, stride, _, padding, out = _geometry(x.shape, window, stride, 0, 1, ceil_mode)
     spatial = x.shape[1:-1]
@@ -175,7 +175,7 @@ def lp_pool(x, p, window, stride=None, ceil_mode=False):
             total = 0.0
             for i in _taps(j, window, stride, dilation, padding):
                 if _inside(i, spatial):
-                    total += x[(b, *i, c)] ** p
+                    total += abs(x[(b, *i, c)]) ** p
             y[(b, *j, c)] = total ** (1.0 / p)
     return y
 
@@ -328,7 +328,7 @@ def avg_pool_jnp(x, window, stride=None, padding=0, ceil_mode=False, count_inclu
 
 def lp_pool_jnp(x, p, window, stride=None, ceil_mode=False):
     window, stride, dilation, padding, out = _geometry(x.shape, window, stride, 0, 1, ceil_mode)
-    xp = jnp.pad(x**p, _pad_for(x.shape, window, stride, dilation, padding, out))
+    xp = jnp.pad(jnp.abs(x) ** p, _pad_for(x.shape, window, stride, dilation, padding, out))
     return sum(_window_taps_jnp(xp, window, stride, dilation, out)) ** (1.0 / p)
 
 

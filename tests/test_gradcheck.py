@@ -59,3 +59,33 @@ def test_bench_ops_runs_and_writes_json(tmp_path, capsys):
     assert [r["workload"] for r in rows] == ["global_avg_pool 7x7x512"]
     assert rows[0]["ratio fwd+bwd"] > 0
     assert "ratio" in capsys.readouterr().out
+
+
+def test_gradcheck_low_precision_against_float64_with_edge_inputs(capsys):
+    code = gradcheck.main(["--dtype", "bfloat16", "--cases", "2", "--ops", "avg_pool", "lp_pool"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "custom and xla in bfloat16 vs float64, with edge inputs" in out
+    assert "OK: both impls in bfloat16 are within 0.016 relative of float64." in out
+    assert "about" in out  # the time-left estimate after the first op
+
+
+def test_gradcheck_low_precision_fails_on_a_lossy_low_precision_op(monkeypatch, capsys):
+    def case(rng):
+        x = rng.random((1, 16, 1)) + 0.5
+
+        def lossy(x, impl):
+            # Below float64 it keeps 3 fractional bits (far coarser than bfloat16's 8 bits).
+            return x if x.dtype == jnp.float64 else jnp.round(x * 8) / 8
+
+        return gradcheck.Case("lossy", (x,), lossy)
+
+    monkeypatch.setitem(gradcheck.SWEEPS, "avg_pool", case)
+    assert gradcheck.main(["--ops", "avg_pool", "--cases", "1", "--dtype", "bfloat16"]) == 1
+    assert "FAIL avg_pool" in capsys.readouterr().out
+
+
+def test_relative_error_of_infinities_and_nan():
+    inf = np.array([-np.inf, 1.0])
+    assert gradcheck.relative_error(inf, inf) == 0.0
+    assert gradcheck.relative_error(np.array([np.nan, 1.0]), np.array([0.0, 1.0])) == np.inf

@@ -5,10 +5,14 @@ Every op has two implementations selected by ``impl``:
 * ``impl="custom"`` (default): a :func:`jax.custom_vjp` whose backward rule is the textbook
   derivation, written right below its forward function (max pool routes each output gradient
   through the saved "switch", mean pool spreads ``g / K`` over the window, Lp pool uses
-  ``dy/dx_i = x_i^(p-1) y^(1-p)``). The backward rules are themselves differentiable, so
+  ``dy/dx_i = sign(x_i) |x_i|^(p-1) y^(1-p)``). The backward rules are themselves differentiable, so
   reverse-over-reverse (``jax.grad(jax.grad(f))``) works. Forward mode (``jax.jvp``,
   ``jax.jacfwd``) is impossible through a ``custom_vjp``; use ``impl="xla"`` for it.
 * ``impl="xla"``: the forward in plain ``lax`` (``lax.reduce_window``) and JAX's own autodiff.
+
+Low precision: window sums (and the sums inside every VJP) accumulate in float32 for
+float16/bfloat16 inputs (float64 stays float64) and round once to the input dtype, in both impls.
+Every spatial dim must be >= 1; a zero batch size or channel count gives an empty result.
 
 Window semantics follow PyTorch's ``torch.nn.functional`` pools: per spatial dimension, with
 window ``k``, stride ``s`` (default ``k``), dilation ``d`` and padding ``(lo, hi)``::
