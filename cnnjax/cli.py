@@ -46,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--parallel", choices=("auto", "none", "pmap", "sharded"))
     p.add_argument("--impl", choices=("custom", "xla"), help="op implementation")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="compute dtype (params stay float32; float16 uses dynamic loss scaling)",
+    )
+    p.add_argument(
+        "--on-nonfinite",
+        choices=("stop", "skip"),
+        help="a non-finite loss or gradient: stop the run (default; exit 1) or skip the update",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--no-resume", action="store_true", help="refuse to resume (workdir must be fresh)"
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cnnjax.train import apply_overrides, default_config, load_config, train
+    from cnnjax.train import NonFiniteError, apply_overrides, default_config, load_config, train
 
     config = load_config(args.config) if args.config else default_config()
     flags = {
@@ -118,6 +127,7 @@ def _train(args: argparse.Namespace) -> int:
         "parallel": args.parallel,
         "impl": args.impl,
         "dtype": args.dtype,
+        "on_nonfinite": args.on_nonfinite,
         "seed": args.seed,
     }
     for key, value in flags.items():
@@ -138,7 +148,11 @@ def _train(args: argparse.Namespace) -> int:
             config.distributed[key] = value
     apply_overrides(config, args.set)
     workdir = pathlib.Path(args.workdir or _default_workdir(config.model, config.dataset))
-    result = train(config, workdir, verbose=not args.quiet)
+    try:
+        result = train(config, workdir, verbose=not args.quiet)
+    except NonFiniteError as e:  # a diverged run: not a usage error, so exit 1
+        print(f"cnnjax train: error: {e}", file=sys.stderr)
+        return 1
     if args.quiet:
         if result.interrupted:
             print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}")

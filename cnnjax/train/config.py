@@ -30,7 +30,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Extra keyword arguments for the model's constructor (e.g. aux_logits=False for GoogLeNet).
     c.model_overrides = ml_collections.ConfigDict()
     c.impl = "custom"  # custom | xla, threaded to every cnnjax.ops call
-    c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # compute dtype: float32 | bfloat16 | float16 (params stay float32; float16 adds dynamic
+    # loss scaling)
+    c.dtype = "float32"
 
     c.dataset = "digits"
     c.data_dir = config_dict.placeholder(str)  # TFDS data_dir (and ImageNet's manual dir)
@@ -72,6 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
             "end_lr": 0.0,
         }
     )
+    # A non-finite loss or gradient norm: "stop" the run (naming the step and the last good
+    # checkpoint; exit 1 at the CLI) or "skip" the update and count it (metrics "skipped").
+    c.on_nonfinite = "stop"
     c.label_smoothing = 0.0
     c.aux_loss_weight = 0.3
 
