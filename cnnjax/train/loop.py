@@ -505,11 +505,11 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
     session.writer.close()
     if loop.stop_reason == "nonfinite":
         raise NonFiniteError(loop.first_nonfinite, loop.step, ckpt_path)
-    interrupted = loop.stop_reason == "signal"
-    test = loop.test
+    total = session.run.total_steps
+    interrupted = loop.stop_reason == "signal" and loop.step < total  # a signal on the last
+    test = loop.test  # step stops nothing: the run is finished and saved
     if not interrupted and test is None:  # nothing left to train: score the restored state
         test = _run_eval(session.run, loop.state)
-    total = session.run.total_steps
     if interrupted:
         session.say(
             f"interrupted at step {loop.step}/{total}; checkpoint {ckpt_path}; "
