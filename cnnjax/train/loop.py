@@ -9,9 +9,22 @@
   step: batch order is a function of ``(seed, epoch)`` and the resumed epoch skips the batches
   already consumed, and step ``t``'s randomness is ``fold_in(rng, t)``, so an interrupted and
   resumed run ends with exactly the parameters of an uninterrupted one.
-* SIGTERM / SIGINT finish the current step, save a checkpoint, and return normally (the CLI
-  exits 0); a second SIGINT interrupts at once. In a multi-process run every process must get
-  the signal (as schedulers send it): the stop is not negotiated between processes.
+* The loop (:func:`train`) is a setup of named calls, then a plain step loop that runs the
+  periodic actions of :mod:`cnnjax.train.actions` after each step (log, record the epoch and
+  evaluate, checkpoint, stop check). A checkpoint's meta carries the epoch's metric sums so far,
+  and on resume ``metrics.jsonl`` is rolled back to the checkpoint's step: after any sequence of
+  interruptions the history holds exactly one record per ``(epoch, split)``, equal (timings
+  aside) to an uninterrupted run's.
+* SIGTERM / SIGINT finish the current step (and that step's epoch record and save, when due),
+  save a checkpoint, and return normally (the CLI exits 0); a second SIGINT interrupts at once,
+  except during the final save, which signals never cut short. In a multi-process run every
+  process must get the signal (as schedulers send it): the stop is not negotiated.
+* Non-finite guard (``on_nonfinite``): a step with a non-finite loss or gradient norm is skipped
+  on device (see :mod:`cnnjax.train.steps`); the loop reads the guard only at its host syncs
+  (log points, epoch ends, saves). ``"stop"`` raises :class:`NonFiniteError` naming the first
+  bad step and the last good checkpoint, and saves nothing after that step; ``"skip"`` goes on
+  and counts the skipped steps (``skipped`` in the train records). A state that is not finite is
+  never saved.
 * ``resume=False`` refuses a workdir that already holds checkpoints rather than mixing runs.
 
 :func:`evaluate` restores a run's latest checkpoint and scores it on a split, with predictions

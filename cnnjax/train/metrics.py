@@ -43,7 +43,9 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        record = {"time": time.time(), **record}
+        # A non-finite value (the test loss of a model trained with skipped updates) is written
+        # as null: metrics.jsonl stays standard JSON.
+        record = {"time": time.time(), **{k: _finite_or_none(v) for k, v in record.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -77,6 +79,10 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _parse_lines(lines: list[str]) -> list[dict]:
