@@ -162,7 +162,7 @@ class LoopState:
         self.warm = False
         self.window_meter = _Meter(now)
         self.epoch_meter = _Meter(now)
-        self._first = jnp.asarray(-1, jnp.int32)
+        self._first = np.int32(-1)  # a host value: combines with any device placement
 
     def after_step(self, metrics: dict[str, jax.Array]) -> None:
         """Count the step that just ran: sums, the guard, throughput (no host sync but one:
