@@ -515,3 +515,21 @@ def test_bfloat16_and_float16_lenet5_reach_float32_accuracy(tmp_path):
     assert accuracy["float32"] > 0.9, accuracy
     for dtype in ("bfloat16", "float16"):
         assert accuracy[dtype] >= accuracy["float32"] - 0.005, accuracy
+
+
+def test_cli_flags_reach_the_config(monkeypatch):
+    import cnnjax.train
+    from cnnjax.cli import main
+
+    seen = {}
+
+    def fake_train(config, workdir, verbose):
+        seen.update(dtype=config.dtype, on_nonfinite=config.on_nonfinite)
+        raise NonFiniteError(7, 9, None)
+
+    monkeypatch.setattr(cnnjax.train, "train", fake_train)
+    argv = ["train", "lenet5", "--dtype", "float16", "--on-nonfinite", "skip"]
+    assert main(argv) == 1  # a divergence: exit 1, one line
+    assert seen == {"dtype": "float16", "on_nonfinite": "skip"}
+    with pytest.raises(SystemExit):
+        main(["train", "lenet5", "--on-nonfinite", "ignore"])
