@@ -133,6 +133,18 @@ def test_log_progress_on_the_first_step_of_a_session():
     assert last == "epoch 3 step 10/100 loss 0.2500 accuracy 25.00% lr 0.5 2 img/s 2.0s"
 
 
+def test_log_progress_shows_the_loss_scale_of_a_float16_run():
+    import types
+
+    progress, stream = _progress()
+    opt_state = LossScaleState(None, jnp.float32(1024.0), jnp.int32(3))
+    loop = _loop(step=0, state=types.SimpleNamespace(opt_state=opt_state))
+    loop.after_step(_metrics())
+    LogProgress(Every(4, 100, steps=1), progress, lambda step: 0.5)(loop)
+    assert "lr 0.5 loss scale 1024 " in stream.getvalue()
+    assert _loop().loss_scale() == {}
+
+
 def test_record_epoch_writes_train_and_test_then_starts_the_next_epoch(tmp_path):
     progress, stream = _progress()
     writer = MetricsWriter(tmp_path)

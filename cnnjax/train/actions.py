@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.train.optim import LossScaleState
 from cnnjax.train.steps import TRAIN_METRICS
 
 __all__ = [
@@ -192,6 +193,13 @@ class LoopState:
     def epoch_time(self) -> float:
         return self.epoch_offset + self.clock() - self.epoch_start
 
+    def loss_scale(self) -> dict[str, float]:
+        """``{"loss_scale": value}`` for a float16 run (a host read), else ``{}``."""
+        opt_state = getattr(self.state, "opt_state", None)
+        if not isinstance(opt_state, LossScaleState):
+            return {}
+        return {"loss_scale": self.driver.host_metrics({"s": opt_state.scale})["s"]}
+
     def check_finite(self) -> bool:
         """Read the device guard (a host sync; call only where one happens anyway). Returns
         ``False`` once a divergence was seen and the policy is ``"stop"`` (then also sets
@@ -221,6 +229,7 @@ class LogProgress:
             "lr": self.lr(loop.step),
             "images_per_sec": loop.window_meter.rate(now, loop.images),
             "wall_time": loop.wall_time(),
+            **loop.loss_scale(),
         }
         self.progress.update(loop.step, loop.epoch, stats)
         loop.window.reset()
@@ -258,6 +267,7 @@ class RecordEpoch:
             "images_per_sec": loop.epoch_meter.rate(now, loop.images),
             "epoch_time": loop.epoch_time(),
             "wall_time": loop.wall_time(),
+            **loop.loss_scale(),
         }
         self.writer.write({"step": step, "epoch": epoch, "split": "train", **train})
         line = f"epoch {epoch} step {step}: train loss {train['loss']:.4f} "

@@ -4,8 +4,9 @@ Each epoch appends one JSON object per split to ``metrics.jsonl``:
 ``{"step", "epoch", "split", "loss", "accuracy", "images_per_sec", "time", ...}`` (``split`` is
 ``"train"`` for the averages over the epoch's training batches, with ``lr`` (the schedule's
 learning rate at the epoch's last step), ``skipped`` (steps whose update a non-finite loss or
-gradient skipped), ``epoch_time`` (seconds) and ``wall_time`` (seconds since the run started,
-over all its sessions); ``"test"`` for the evaluation, with ``eval_time``). ``time`` is the Unix
+gradient skipped), ``epoch_time`` (seconds), ``wall_time`` (seconds since the run started,
+over all its sessions) and, for float16 runs, ``loss_scale``; ``"test"`` for the evaluation,
+with ``eval_time``). ``time`` is the Unix
 time of writing. On resume :meth:`MetricsWriter.rollback` drops the records written after the
 restored checkpoint, so an interrupted run ends with exactly one record per ``(epoch, split)``.
 TensorBoard event files are written too when ``tensorboardX`` is importable.
