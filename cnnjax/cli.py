@@ -79,13 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
-        help="compute dtype; parameters stay float32 (default: float32)",
+        choices=("float32", "bfloat16", "float16"),
+        help="compute dtype; parameters stay float32; float16 adds dynamic loss scaling "
+        "(default: float32)",
     )
     p.add_argument(
         "--precision",
         choices=("default", "high", "highest"),
         help="conv/dense precision (default: the backend's, e.g. TF32 on NVIDIA GPUs)",
+    )
+    p.add_argument(
+        "--on-nonfinite",
+        choices=("stop", "skip"),
+        help="a non-finite loss or gradient: stop the run (exit 1) or skip the update "
+        "(default: stop)",
     )
     p.add_argument(
         "--seed", type=int, help="seed of initialisation, shuffling and augmentation (default: 0)"
@@ -232,7 +239,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cnnjax.train import apply_overrides, default_config, load_config, train
+    from cnnjax.train import NonFiniteError, apply_overrides, default_config, load_config, train
 
     config = load_config(args.config) if args.config else default_config()
     flags = {
@@ -244,6 +251,7 @@ def _train(args: argparse.Namespace) -> int:
         "impl": args.impl,
         "dtype": args.dtype,
         "precision": args.precision,
+        "on_nonfinite": args.on_nonfinite,
         "seed": args.seed,
         "val_split": args.val_split,
         "skip_bad_files": args.skip_bad_files or None,
@@ -268,7 +276,11 @@ def _train(args: argparse.Namespace) -> int:
             config.distributed[key] = value
     apply_overrides(config, args.set)
     workdir = pathlib.Path(args.workdir or _default_workdir(config.model, config.dataset))
-    result = train(config, workdir, verbose=not args.quiet)
+    try:
+        result = train(config, workdir, verbose=not args.quiet)
+    except NonFiniteError as e:  # a diverged run: not a usage error, so exit 1
+        print(f"cnnjax train: error: {e}", file=sys.stderr)
+        return 1
     if args.quiet:
         if result.already_finished:
             print(f"already finished at step {result.step}; checkpoint {result.checkpoint}")

@@ -13,6 +13,7 @@ from cnnjax.train.checkpoint import Checkpointer
 from cnnjax.train.config import apply_overrides, default_config, load_config
 from cnnjax.train.loop import (
     EvalResult,
+    NonFiniteError,
     Run,
     TrainResult,
     build_run,
@@ -46,6 +47,7 @@ __all__ = [
     "Driver",
     "EvalResult",
     "MetricsWriter",
+    "NonFiniteError",
     "Progress",
     "Run",
     "TrainResult",

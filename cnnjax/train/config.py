@@ -30,7 +30,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Extra keyword arguments for the model's constructor (e.g. aux_logits=False for GoogLeNet).
     c.model_overrides = ml_collections.ConfigDict()
     c.impl = "custom"  # custom | xla, threaded to every cnnjax.ops call
-    c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # compute dtype: float32 | bfloat16 | float16 (params stay float32; float16 adds dynamic
+    # loss scaling)
+    c.dtype = "float32"
     # conv/dense precision: None = the backend default (TF32 for float32 on Ampere+ GPUs, one
     # bfloat16 pass on TPU) | "default" | "high" | "highest" (full float32); docs/accelerators.md
     c.precision = config_dict.placeholder(str)
@@ -80,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
             "cycles": (),
         }
     )
+    # A non-finite loss or gradient norm: "stop" the run (naming the step and the last good
+    # checkpoint; exit 1 at the CLI) or "skip" the update and count it (metrics "skipped").
+    c.on_nonfinite = "stop"
     c.label_smoothing = 0.0
     c.aux_loss_weight = 0.3
 

@@ -9,9 +9,22 @@
   step: batch order is a function of ``(seed, epoch)`` and the resumed epoch skips the batches
   already consumed, and step ``t``'s randomness is ``fold_in(rng, t)``, so an interrupted and
   resumed run ends with exactly the parameters of an uninterrupted one.
-* SIGTERM / SIGINT finish the current step, save a checkpoint, and return normally (the CLI
-  exits 0); a second SIGINT interrupts at once. In a multi-process run every process must get
-  the signal (as schedulers send it): the stop is not negotiated between processes.
+* The loop (:func:`train`) is a setup of named calls, then a plain step loop that runs the
+  periodic actions of :mod:`cnnjax.train.actions` after each step (log, record the epoch and
+  evaluate, checkpoint, stop check). A checkpoint's meta carries the epoch's metric sums so far,
+  and on resume ``metrics.jsonl`` is rolled back to the checkpoint's step: after any sequence of
+  interruptions the history holds exactly one record per ``(epoch, split)``, equal (timings
+  aside) to an uninterrupted run's.
+* SIGTERM / SIGINT finish the current step (and that step's epoch record and save, when due),
+  save a checkpoint, and return normally (the CLI exits 0); a second SIGINT interrupts at once,
+  except during the final save, which signals never cut short. In a multi-process run every
+  process must get the signal (as schedulers send it): the stop is not negotiated.
+* Non-finite guard (``on_nonfinite``): a step with a non-finite loss or gradient norm is skipped
+  on device (see :mod:`cnnjax.train.steps`); the loop reads the guard only at its host syncs
+  (log points, epoch ends, saves). ``"stop"`` raises :class:`NonFiniteError` naming the first
+  bad step and the last good checkpoint, and saves nothing after that step; ``"skip"`` goes on
+  and counts the skipped steps (``skipped`` in the train records). A state that is not finite is
+  never saved.
 * ``resume=False`` refuses a workdir that already holds checkpoints rather than mixing runs.
 
 :func:`evaluate` restores a run's latest checkpoint and scores it on a split, with predictions
@@ -39,6 +52,15 @@ from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batch
 from cnnjax.data.augment import device_augment, device_normalize
 from cnnjax.data.classes import save_class_names
 from cnnjax.data.pipeline import prefetch_to_device
+from cnnjax.train.actions import (
+    CheckStop,
+    Every,
+    LogProgress,
+    LoopState,
+    MetricSums,
+    RecordEpoch,
+    SaveCheckpoint,
+)
 from cnnjax.train.checkpoint import Checkpointer
 from cnnjax.train.metrics import MetricsWriter, Progress
 from cnnjax.train.optim import make_optimizer, make_schedule
@@ -49,6 +71,7 @@ from cnnjax.train.workdir import check_run, finished_test_metrics, preflight
 
 __all__ = [
     "EvalResult",
+    "NonFiniteError",
     "Run",
     "TrainResult",
     "build_run",
@@ -58,6 +81,7 @@ __all__ = [
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+LOSS_SCALE = 2.0**15  # initial dynamic loss scale of float16 runs (jmp's default)
 
 
 @dataclasses.dataclass
@@ -101,6 +125,7 @@ class Run:
     host_augment: AugmentConfig | None
     eval_augment: AugmentConfig
     normalize_on_host: bool
+    schedule: Callable[[int], Any] | None = None  # learning rate per optimiser update
 
     def initial_state(self) -> TrainState:
         """A fresh host (NumPy) train state from the config's seed."""
@@ -146,6 +171,8 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
     info = get_model_info(config.model)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    if config.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f'on_nonfinite must be "stop" or "skip", got {config.on_nonfinite!r}')
     if dataset is None:
         dataset = _load_for_model(config, info)
     aug = config.augment
@@ -189,6 +216,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         eps=opt.eps,
         grad_clip_norm=opt.grad_clip_norm,
         accumulate_steps=accumulate,
+        loss_scale=LOSS_SCALE if config.dtype == "float16" else None,
     )
     device_aug = None
     preprocess = None
@@ -232,6 +260,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         host_augment=None if aug.on_device else host_augment,
         eval_augment=AugmentConfig(crop_size=crop),
         normalize_on_host=not aug.on_device,
+        schedule=schedule,
     )
 
 
@@ -251,11 +280,33 @@ def _load_for_model(config, info) -> Dataset:
     return dataset
 
 
+class NonFiniteError(RuntimeError):
+    """A run diverged (``on_nonfinite="stop"``): a non-finite loss or gradient norm at ``step``.
+
+    ``checkpoint`` is the newest checkpoint saved before it (``None`` if there is none); no
+    state after ``step`` was saved.
+    """
+
+    def __init__(self, step: int, stopped_at: int, checkpoint: pathlib.Path | None):
+        self.step, self.stopped_at, self.checkpoint = step, stopped_at, checkpoint
+        where = f"last good checkpoint {checkpoint}" if checkpoint else "no checkpoint was saved"
+        super().__init__(
+            f"non-finite loss or gradient norm at step {step} (stopped at step {stopped_at}, "
+            f"the update skipped); {where}. Lower the learning rate, clip gradients "
+            "(--set optimizer.grad_clip_norm=1.0) or pass --on-nonfinite skip"
+        )
+
+
 class _StopRequest:
-    """SIGTERM / SIGINT handler: ask the loop to stop after the current step."""
+    """SIGTERM / SIGINT handler: ask the loop to stop after the current step.
+
+    A second SIGINT interrupts at once, except once :attr:`saving` is set (the final save):
+    from then on signals only note the request, so the last checkpoint is always written.
+    """
 
     def __init__(self):
         self.requested = False
+        self.saving = False
         self._previous = {}
 
     def __enter__(self):
@@ -265,7 +316,7 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and not self.saving:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.requested = True
 
@@ -291,7 +342,32 @@ def _run_eval(run: Run, state, dataset: Dataset | None = None) -> dict[str, floa
         "accuracy": sums["correct"] / count,
         "count": int(sums["count"]),
         "images_per_sec": sums["count"] / seconds if seconds > 0 else None,
+        "eval_time": seconds,
     }
+
+
+@dataclasses.dataclass
+class _Session:
+    """One call of :func:`train`: the run, its workdir and the objects that write into it."""
+
+    config: ml_collections.ConfigDict
+    run: Run
+    workdir: pathlib.Path
+    primary: bool
+    verbose: bool
+    checkpointer: Checkpointer
+    writer: MetricsWriter
+    contract: Any  # cnnjax.train.workdir's record of the run, committed once restore succeeds
+    initial: TrainState  # the fresh host state (restored into, or trained from)
+
+    def say(self, text: str) -> None:
+        if self.verbose and self.primary:
+            print(text, flush=True)
+
+    def lr(self, step: int) -> float:
+        """The schedule's learning rate for the update of ``step`` (counted in batches)."""
+        accumulate = max(1, self.config.optimizer.accumulate_steps)
+        return float(self.run.schedule(max(0, step - 1) // accumulate))
 
 
 def train(
@@ -304,14 +380,40 @@ def train(
     """Train (or resume) ``config`` in ``workdir``; see the module docstring.
 
     ``hooks`` are called as ``hook(step)`` after every step (on the host, cheap callables only).
+    Raises :class:`NonFiniteError` when the run diverges under ``on_nonfinite="stop"``.
     """
+    session = _open_session(config, workdir, verbose)
+    loop = _restore(session)
+    if session.checkpointer.restored_step is not None and loop.step >= session.run.total_steps:
+        return _already_finished(session, loop)
+    progress = Progress(
+        session.run.total_steps,
+        loop.step,
+        log_every=config.log_every_steps,
+        enabled=verbose and session.primary,
+    )
+    _announce(session)
+    with _StopRequest() as stop:
+        actions = [*_make_actions(session, progress), CheckStop(stop)]
+        _step_loop(session, loop, actions, hooks)
+        stop.saving = True  # signals from here on are noted, never fatal: the save completes
+        if loop.stop_reason == "signal":
+            SaveCheckpoint(None, checkpointer=session.checkpointer, meta=_meta(session))(loop)
+        session.checkpointer.wait()
+    progress.close()
+    return _finish(session, loop)
+
+
+def _open_session(config, workdir, verbose: bool) -> _Session:
+    """Join the processes, build the run (validating everything before the workdir is
+    touched), check the workdir may hold this run, write ``config.json``, open the writers."""
     dist = config.distributed
     initialize_distributed(
         dist.coordinator, dist.num_processes, dist.process_id, dist.get("timeout_s", 120)
     )
     workdir = pathlib.Path(workdir).absolute()
     primary = jax.process_index() == 0
-    run = build_run(config)  # validates everything before the workdir is touched
+    run = build_run(config)
     old = workdir / "checkpoints"
     if not config.resume and old.is_dir() and any(old.iterdir()):
         raise ValueError(
@@ -322,179 +424,166 @@ def train(
     if contract.config is not config:
         config = contract.config
         run = build_run(config, dataset=run.dataset)
-    host_state = run.initial_state()
-    preflight(workdir, host_state, primary=primary)
-    driver = run.driver
-
-    def say(text: str) -> None:
-        if verbose and primary:
-            print(text, flush=True)
-
+    initial = run.initial_state()
+    preflight(workdir, initial, primary=primary)
     checkpointer = Checkpointer(
         workdir / "checkpoints",
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    if config.resume and checkpointer.latest_step() is not None:
-        host_state, _ = checkpointer.restore(host_state)  # newest intact; damage reported
-        say(f"resuming from {checkpointer.path()} (step {int(host_state.step)})")
-    contract.commit(primary)
-    if primary:
-        save_class_names(workdir, run.dataset)
-    step = int(host_state.step)
-    if checkpointer.restored_step is not None and step >= run.total_steps:
-        return _already_finished(run, checkpointer, host_state, workdir, say)
-    state = driver.place_state(host_state)
-    del host_state
-
-    spe, total_steps = run.steps_per_epoch, run.total_steps
-    progress = Progress(
-        total_steps, step, log_every=config.log_every_steps, enabled=verbose and primary
-    )
     writer = MetricsWriter(workdir, enabled=primary)
-    every = config.checkpoint.every_steps
-    global_batch = config.batch_size
-    say(
-        f"training {config.model} on {run.dataset.name} ({len(run.dataset.train)} train / "
-        f"{len(run.dataset.test)} test, {run.input_shape}) for {total_steps} steps "
-        f"({spe} per epoch), driver {driver.kind} on {driver.global_devices} device(s), "
-        f"{jax.process_count()} process(es), workdir {workdir}"
+    return _Session(config, run, workdir, primary, verbose, checkpointer, writer, contract, initial)
+
+
+def _restore(session: _Session) -> LoopState:
+    """The loop's starting point: the latest checkpoint (state, mid-epoch sums, clocks) or a
+    fresh state; metrics written after that checkpoint are rolled back (they will be redone)."""
+    config, run = session.config, session.run
+    host_state, meta = session.initial, {}
+    if config.resume and session.checkpointer.latest_step() is not None:
+        host_state, meta = session.checkpointer.restore(host_state)  # newest intact one
+        session.say(f"resuming from {session.checkpointer.path()} (step {int(host_state.step)})")
+    session.contract.commit(session.primary)  # config.json: only once the run is known good
+    if session.primary:
+        save_class_names(session.workdir, run.dataset)
+    step = int(host_state.step)
+    session.writer.rollback(step)
+    loop = LoopState(
+        step=step,
+        state=run.driver.place_state(host_state),
+        driver=run.driver,
+        steps_per_epoch=run.steps_per_epoch,
+        batch_size=config.batch_size,
+        on_nonfinite=config.on_nonfinite,
+        epoch_sums=MetricSums(meta.get("epoch_sums") if step % run.steps_per_epoch else None),
+        wall_offset=float(meta.get("wall_time", 0.0)),
+        epoch_offset=float(meta.get("epoch_time", 0.0)) if step % run.steps_per_epoch else 0.0,
+    )
+    loop.saved_step = session.checkpointer.latest_step()
+    return loop
+
+
+def _announce(session: _Session) -> None:
+    run, driver = session.run, session.run.driver
+    session.say(
+        f"training {session.config.model} on {run.dataset.name} ({len(run.dataset.train)} "
+        f"train / {len(run.dataset.test)} test, {run.input_shape}) for {run.total_steps} steps "
+        f"({run.steps_per_epoch} per epoch), driver {driver.kind} on {driver.global_devices} "
+        f"device(s), {jax.process_count()} process(es), workdir {session.workdir}"
     )
 
-    def save(current_state, current_step):
-        checkpointer.save(
-            current_step,
-            driver.host_state(current_state),
-            {"step": current_step, "epoch": current_step / spe, "model": config.model},
-        )
 
-    test = None
-    interrupted = False
-    warm = False  # throughput excludes the first (compiling) step of the run
-    with _StopRequest() as stop:
-        while step < total_steps and not interrupted:
-            epoch = step // spe
-            epoch_sums, window_sums = None, None
-            epoch_images, epoch_time = 0, 0.0
-            window_images, window_start = 0, time.perf_counter()
-            last = min(spe, total_steps - epoch * spe)  # batches of this epoch we will run
-            stream = run.train_batches(epoch, step % spe)
-            feed = prefetch_to_device(stream, driver.put_batch, config.prefetch)
+def _meta(session: _Session) -> dict:
+    return {"model": session.config.model}
+
+
+def _make_actions(session: _Session, progress: Progress) -> list:
+    """The periodic actions in the order they run after a step (see ``cnnjax.train.actions``)."""
+    config, run = session.config, session.run
+    spe, total = run.steps_per_epoch, run.total_steps
+    every_save = config.checkpoint.every_steps
+    return [
+        LogProgress(
+            Every(spe, total, steps=max(1, config.log_every_steps), epochs=1),
+            progress,
+            session.lr,
+        ),
+        RecordEpoch(
+            Every(spe, total, epochs=1),
+            writer=session.writer,
+            progress=progress,
+            evaluate=functools.partial(_run_eval, run),
+            lr=session.lr,
+            eval_every=config.eval_every_epochs,
+            total_steps=total,
+        ),
+        SaveCheckpoint(
+            Every(spe, total, steps=every_save, epochs=None if every_save else 1),
+            checkpointer=session.checkpointer,
+            meta=_meta(session),
+        ),
+    ]
+
+
+def _step_loop(session: _Session, loop: LoopState, actions: list, hooks) -> None:
+    """Step until the last step or a stop; after each step run the actions that are due."""
+    run, config = session.run, session.config
+    spe, total = run.steps_per_epoch, run.total_steps
+    while loop.step < total and loop.stop_reason is None:
+        epoch = loop.step // spe
+        epoch_end = min((epoch + 1) * spe, total)
+        stream = run.train_batches(epoch, loop.step % spe)
+        feed = prefetch_to_device(stream, run.driver.put_batch, config.prefetch)
+        try:
             for batch in feed:
-                state, metrics = driver.train_step(state, batch)
-                step += 1
-                if not warm:
-                    jax.block_until_ready(metrics)
-                    warm = True
-                    window_start = time.perf_counter()
-                else:
-                    window_images += global_batch
-                epoch_sums = (
-                    metrics if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, metrics)
-                )
-                window_sums = (
-                    metrics if window_sums is None else jax.tree.map(jnp.add, window_sums, metrics)
-                )
+                loop.state, metrics = run.driver.train_step(loop.state, batch)
+                loop.after_step(metrics)
                 for hook in hooks:
-                    hook(step)
-                if step % progress.log_every == 0 or step - epoch * spe == last:
-                    sums = driver.host_metrics(window_sums)
-                    elapsed = time.perf_counter() - window_start
-                    epoch_time += elapsed
-                    epoch_images += window_images
-                    progress.update(step, epoch + 1, _rates(sums, window_images, elapsed))
-                    window_sums, window_images, window_start = None, 0, time.perf_counter()
-                if every and step % every == 0:
-                    save(state, step)
-                if stop.requested:
-                    interrupted = True
+                    hook(loop.step)
+                for action in actions:
+                    if action.every(loop.step):
+                        action(loop)
+                if loop.stop_reason is not None or loop.step >= epoch_end:
                     break
-                if step - epoch * spe >= last:
-                    break
+        finally:
             feed.close()
-            epoch_done = step % spe == 0 or step >= total_steps
-            if epoch_done and not interrupted:
-                if window_sums is not None:  # not yet counted (stopped between log points)
-                    epoch_time += time.perf_counter() - window_start
-                    epoch_images += window_images
-                finished = step // spe if step % spe == 0 else epoch + 1
-                sums = driver.host_metrics(epoch_sums)
-                rec = _rates(sums, epoch_images, epoch_time)
-                writer.write({"step": step, "epoch": finished, "split": "train", **rec})
-                final = step >= total_steps
-                if final or finished % max(1, config.eval_every_epochs) == 0:
-                    test = _run_eval(run, state)
-                    writer.write({"step": step, "epoch": finished, "split": "test", **test})
-                    progress.message(
-                        f"epoch {finished} step {step}: train loss {rec['loss']:.4f} "
-                        f"accuracy {rec['accuracy']:.2%} | test loss {test['loss']:.4f} "
-                        f"accuracy {test['accuracy']:.2%}"
-                    )
-                if not every or final:
-                    save(state, step)
-        if interrupted:
-            save(state, step)
-    progress.close()
-    checkpointer.wait()
+
+
+def _finish(session: _Session, loop: LoopState) -> TrainResult:
+    """Close the writers; raise on a divergence; score a run that had nothing left to train."""
+    checkpointer = session.checkpointer
     ckpt_path = checkpointer.path() if checkpointer.latest_step() is not None else None
     checkpointer.close()
-    writer.close()
+    session.writer.close()
+    if loop.stop_reason == "nonfinite":
+        raise NonFiniteError(loop.first_nonfinite, loop.step, ckpt_path)
+    total = session.run.total_steps
+    interrupted = loop.stop_reason == "signal" and loop.step < total  # a signal on the last
+    test = loop.test  # step stops nothing: the run is finished and saved
     if not interrupted and test is None:  # nothing left to train: score the restored state
-        test = _run_eval(run, state)
-    host_state = driver.host_state(state)
-    if verbose and primary:
-        if interrupted:
-            print(
-                f"interrupted at step {step}/{total_steps}; checkpoint {ckpt_path}; "
-                "run the same command again to resume",
-                flush=True,
-            )
-        else:
-            print(
-                f"test accuracy {test['accuracy']:.2%} ({test['count']} images, "
-                f"loss {test['loss']:.4f}); checkpoint {ckpt_path}",
-                flush=True,
-            )
+        test = _run_eval(session.run, loop.state)
+    if interrupted:
+        session.say(
+            f"interrupted at step {loop.step}/{total}; checkpoint {ckpt_path}; "
+            "run the same command again to resume"
+        )
+    else:
+        session.say(
+            f"test accuracy {test['accuracy']:.2%} ({test['count']} images, "
+            f"loss {test['loss']:.4f}); checkpoint {ckpt_path}"
+        )
     return TrainResult(
-        state=host_state,
+        state=session.run.driver.host_state(loop.state),
         test=test or {},
         checkpoint=ckpt_path,
-        step=step,
+        step=loop.step,
         interrupted=interrupted,
-        workdir=workdir,
+        workdir=session.workdir,
     )
 
 
-def _already_finished(run: Run, checkpointer: Checkpointer, host_state, workdir, say):
+def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
     """A rerun of a finished run: report its recorded result, train nothing."""
-    step = int(host_state.step)
+    checkpointer, step = session.checkpointer, loop.step
     path = checkpointer.path(checkpointer.restored_step)
     checkpointer.close()
-    test = finished_test_metrics(workdir, step)
+    session.writer.close()
+    test = finished_test_metrics(session.workdir, step)
     if test is None:  # no record (e.g. metrics.jsonl removed): score the checkpoint
-        test = _run_eval(run, run.driver.place_state(host_state))
-    say(
+        test = _run_eval(session.run, loop.state)
+    session.say(
         f"already finished at step {step} (test accuracy {test['accuracy']:.2%}); nothing to "
         f"train. Checkpoint {path}; to train longer, pass more --epochs with --extend"
     )
     return TrainResult(
-        state=host_state,
+        state=session.run.driver.host_state(loop.state),
         test={k: test.get(k) for k in ("loss", "accuracy", "count", "images_per_sec")},
         checkpoint=path,
         step=step,
         interrupted=False,
-        workdir=workdir,
+        workdir=session.workdir,
         already_finished=True,
     )
-
-
-def _rates(sums: dict[str, float], images: int, seconds: float) -> dict[str, float]:
-    count = max(sums["count"], 1.0)
-    return {
-        "loss": sums["loss"] / count,
-        "accuracy": sums["correct"] / count,
-        "images_per_sec": images / seconds if seconds > 0 and images else None,
-    }
 
 
 def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -1,21 +1,28 @@
 """Metrics: ``WORKDIR/metrics.jsonl``, optional TensorBoard events, and progress output.
 
-Each evaluation appends one JSON object per split to ``metrics.jsonl``:
-``{"step", "epoch", "split", "loss", "accuracy", "images_per_sec", "time"}`` (``split`` is
-``"train"`` for the running averages over the epoch's training batches, ``"test"`` for the
-evaluation). TensorBoard event files are written too when ``tensorboardX`` is importable.
+Each epoch appends one JSON object per split to ``metrics.jsonl``:
+``{"step", "epoch", "split", "loss", "accuracy", "images_per_sec", "time", ...}`` (``split`` is
+``"train"`` for the averages over the epoch's training batches, with ``lr`` (the schedule's
+learning rate at the epoch's last step), ``skipped`` (steps whose update a non-finite loss or
+gradient skipped), ``epoch_time`` (seconds), ``wall_time`` (seconds since the run started,
+over all its sessions) and, for float16 runs, ``loss_scale``; ``"test"`` for the evaluation,
+with ``eval_time``). ``time`` is the Unix
+time of writing. On resume :meth:`MetricsWriter.rollback` drops the records written after the
+restored checkpoint, so an interrupted run ends with exactly one record per ``(epoch, split)``.
+TensorBoard event files are written too when ``tensorboardX`` is importable.
 Progress is a tqdm bar on a terminal and plain lines every ``log_every`` steps otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import sys
 import time
 
-__all__ = ["MetricsWriter", "Progress", "read_metrics"]
+__all__ = ["MetricsWriter", "Progress", "format_stats", "read_metrics"]
 
 
 class MetricsWriter:
@@ -37,7 +44,9 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        record = {"time": time.time(), **record}
+        # A non-finite value (the test loss of a model trained with skipped updates) is written
+        # as null: metrics.jsonl stays standard JSON.
+        record = {"time": time.time(), **{k: _finite_or_none(v) for k, v in record.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -46,9 +55,46 @@ class MetricsWriter:
                     self._tb.add_scalar(f"{record['split']}/{key}", record[key], record["step"])
             self._tb.flush()
 
+    def rollback(self, step: int) -> int:
+        """Keep only records with ``record["step"] <= step``, one per ``(epoch, split)`` (the
+        last), dropping a torn last line; rewrite the file atomically. Returns records dropped.
+
+        Called on resume with the restored checkpoint's step: records written after it (by a
+        session killed before its checkpoint committed) are written again by the rerun.
+        """
+        if not self.enabled or not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        kept: dict[tuple, dict] = {}
+        for record in _parse_lines(lines):
+            if record.get("step", math.inf) <= step:
+                kept.pop((record.get("epoch"), record.get("split")), None)
+                kept[(record.get("epoch"), record.get("split"))] = record
+        dropped = sum(1 for line in lines if line.strip()) - len(kept)
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept.values()))
+            os.replace(tmp, self.path)
+        return dropped
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _parse_lines(lines: list[str]) -> list[dict]:
+    """JSON records of ``lines``; a line torn by a kill mid-write is skipped."""
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
@@ -56,7 +102,29 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     path = pathlib.Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_lines(path.read_text().splitlines())
+
+
+def format_stats(stats: dict) -> str:
+    """``loss 0.1234 accuracy 97.50% lr 1.00e-03 1234 img/s 12.3s`` from whatever ``stats``
+    holds; a missing or ``None`` value (no timed images yet, e.g. the first step after a
+    (re)start) is left out rather than formatted."""
+    formats = (
+        ("loss", "loss {:.4f}"),
+        ("accuracy", "accuracy {:.2%}"),
+        ("lr", "lr {:.3g}"),
+        ("skipped", "skipped {:.0f}"),
+        ("loss_scale", "loss scale {:.0f}"),
+        ("images_per_sec", "{:.0f} img/s"),
+        ("wall_time", "{:.1f}s"),
+    )
+    parts = []
+    for key, text in formats:
+        value = stats.get(key)
+        if value is None or (key == "skipped" and not value):
+            continue
+        parts.append(text.format(value))
+    return " ".join(parts)
 
 
 class Progress:
@@ -76,22 +144,16 @@ class Progress:
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, epoch: int, stats: dict[str, float] | None) -> None:
-        """Advance to ``step``; ``stats`` (loss, accuracy, img/s) when freshly computed."""
+        """Advance to ``step``; ``stats`` (see :func:`format_stats`) when freshly computed."""
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             if stats:
-                self._bar.set_postfix(
-                    epoch=epoch,
-                    loss=f"{stats['loss']:.4f}",
-                    acc=f"{stats['accuracy']:.2%}",
-                    img_s=f"{stats['images_per_sec']:.0f}",
-                )
+                self._bar.set_postfix_str(f"epoch {epoch} {format_stats(stats)}")
         elif stats:
             print(
-                f"epoch {epoch} step {step}/{self.total} loss {stats['loss']:.4f} "
-                f"accuracy {stats['accuracy']:.2%} {stats['images_per_sec']:.0f} img/s",
+                f"epoch {epoch} step {step}/{self.total} {format_stats(stats)}",
                 file=self.stream,
                 flush=True,
             )

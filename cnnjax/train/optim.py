@@ -12,16 +12,32 @@ Schedules count *optimiser updates* (= batches ÷ ``accumulate_steps``): ``const
 ``cycles`` (``(start, end)`` update counts, set when a run is extended) makes ``cosine`` a
 sequence of cycles: the first as above over ``[0, end_0)``, each later one a cosine from ``lr``
 to ``end_lr`` over ``[start_i, end_i)`` without warm-up (a warm restart).
+
+Dynamic loss scaling for float16 compute (the rule of ``jmp.DynamicLossScale``; Micikevicius et
+al., *Mixed Precision Training*, 2018): :func:`with_loss_scale` keeps ``(scale, good_steps)`` in
+the optimiser state next to the wrapped optimiser's; the train step multiplies the loss by
+``scale`` before differentiating and divides the gradients by it, and :func:`adjust_loss_scale`
+halves the scale after a step with non-finite gradients (that step's update is skipped) and
+doubles it after ``period`` finite steps in a row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
-__all__ = ["make_optimizer", "make_schedule", "weight_mask"]
+__all__ = [
+    "LossScaleState",
+    "adjust_loss_scale",
+    "make_optimizer",
+    "make_schedule",
+    "weight_mask",
+    "with_loss_scale",
+]
 
 
 def make_schedule(
@@ -81,8 +97,12 @@ def make_optimizer(
     eps: float = 1e-8,
     grad_clip_norm: float | None = None,
     accumulate_steps: int = 1,
+    loss_scale: float | None = None,
 ) -> optax.GradientTransformation:
-    """``"sgd"`` (momentum, optional Nesterov, coupled L2) or ``"adamw"`` (decoupled decay)."""
+    """``"sgd"`` (momentum, optional Nesterov, coupled L2) or ``"adamw"`` (decoupled decay).
+
+    ``loss_scale`` (float16 compute): the initial dynamic loss scale, see :func:`with_loss_scale`.
+    """
     parts = []
     if grad_clip_norm:
         parts.append(optax.clip_by_global_norm(grad_clip_norm))
@@ -103,4 +123,57 @@ def make_optimizer(
     tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
     if accumulate_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps)
+    if loss_scale is not None:
+        tx = with_loss_scale(tx, loss_scale)
     return tx
+
+
+class LossScaleState(NamedTuple):
+    """Optimiser state of :func:`with_loss_scale`: the wrapped state and the dynamic loss scale.
+
+    ``scale`` is a float32 scalar, ``good_steps`` (int32) the finite steps since it last changed.
+    """
+
+    inner: Any
+    scale: jax.Array
+    good_steps: jax.Array
+
+
+def with_loss_scale(
+    tx: optax.GradientTransformation, initial_scale: float = 2.0**15
+) -> optax.GradientTransformation:
+    """Wrap ``tx`` so its state carries a dynamic loss scale (see the module docstring).
+
+    The update itself is ``tx``'s on *unscaled* gradients; the train step reads
+    ``opt_state.scale`` and calls :func:`adjust_loss_scale` once it knows whether the step was
+    finite.
+    """
+
+    def init(params):
+        return LossScaleState(
+            tx.init(params), jnp.asarray(initial_scale, jnp.float32), jnp.zeros((), jnp.int32)
+        )
+
+    def update(updates, state, params=None):
+        updates, inner = tx.update(updates, state.inner, params)
+        return updates, state._replace(inner=inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def adjust_loss_scale(
+    state: LossScaleState,
+    grads_finite: jax.Array,
+    *,
+    period: int = 2000,
+    factor: float = 2.0,
+    min_scale: float = 1.0,
+) -> LossScaleState:
+    """The next loss scale: ``scale / factor`` (not below ``min_scale``) after a non-finite
+    step; ``scale × factor`` after ``period`` finite steps in a row (if that stays finite)."""
+    grown = state.good_steps + 1 >= period
+    up = state.scale * factor
+    up = jnp.where(grown & jnp.isfinite(up), up, state.scale)
+    scale = jnp.where(grads_finite, up, jnp.maximum(min_scale, state.scale / factor))
+    good = jnp.where(grads_finite & ~grown, state.good_steps + 1, 0)
+    return state._replace(scale=scale.astype(jnp.float32), good_steps=good.astype(jnp.int32))

@@ -13,6 +13,15 @@ Loss: softmax cross-entropy with optional label smoothing ``ε``
 (targets ``(1 - ε) onehot + ε / K``), plus ``aux_loss_weight × Σ`` the auxiliary heads' losses
 when the model returns ``(logits, aux_logits)`` in training (GoogLeNet: 0.3).
 Weight decay lives in the optimiser (``cnnjax.train.optim``).
+
+Non-finite guard: a step whose loss or gradient global norm is not finite changes nothing but
+the step counter (parameters, optimiser and BatchNorm state and the EMA keep their values; a
+``jnp.where`` on device, no host sync) and is counted in the metrics: ``skipped`` (update not
+applied) and ``nonfinite`` (a divergence: the loss itself is not finite, or the gradients are
+and no loss scale is left to lower). With float16 compute (``opt_state`` a
+:class:`~cnnjax.train.optim.LossScaleState`) the loss is multiplied by the dynamic loss scale
+before differentiation and the gradients divided by it; an overflow halves the scale and skips
+the step without counting as a divergence while the scale is above 1.
 """
 
 from __future__ import annotations
@@ -24,11 +33,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnnjax.train.optim import LossScaleState, adjust_loss_scale
 from cnnjax.train.state import TrainState
 
-__all__ = ["cross_entropy", "eval_step", "train_step"]
+__all__ = ["TRAIN_METRICS", "cross_entropy", "eval_step", "train_step"]
 
 Metrics = dict[str, jax.Array]
+
+# The metric sums every train step returns (float32 scalars).
+TRAIN_METRICS = ("loss", "correct", "count", "skipped", "nonfinite")
 
 
 def cross_entropy(
@@ -50,6 +63,12 @@ def _bind_axis(model: nn.Module, axis_name: str | None) -> nn.Module:
     return model
 
 
+def _global_norm(tree) -> jax.Array:
+    """``sqrt(Σ x²)`` over every leaf, in float32 (non-finite as soon as one entry is)."""
+    squares = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(squares))
+
+
 def _variables(params, batch_stats) -> dict:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
@@ -69,7 +88,8 @@ def train_step(
     """One optimiser step on ``batch`` ``{"image": (N, H, W, C), "label": (N,)}``.
 
     Returns the new state and metric *sums* over the (global) batch: ``loss`` (of the main head,
-    summed), ``correct`` and ``count``. ``augment(key, images)`` runs device-side augmentation.
+    summed), ``correct`` and ``count`` (all 0 for a skipped step), ``skipped`` and ``nonfinite``
+    (0 or 1; see the module docstring). ``augment(key, images)`` runs device-side augmentation.
     """
     model = _bind_axis(model, axis_name)
     rng = jax.random.fold_in(state.rng, state.step)
@@ -80,6 +100,7 @@ def train_step(
     if augment is not None:
         images = augment(augment_key, images)
     has_stats = bool(state.batch_stats)
+    loss_scale = state.opt_state if isinstance(state.opt_state, LossScaleState) else None
 
     def loss_fn(params):
         out = model.apply(
@@ -97,9 +118,13 @@ def train_step(
             total += aux_loss_weight * jnp.mean(
                 cross_entropy(head, labels, label_smoothing=label_smoothing)
             )
+        if loss_scale is not None:
+            total = total * loss_scale.scale
         return total, (logits, losses, updates.get("batch_stats", {}))
 
     grads, (logits, losses, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if loss_scale is not None:
+        grads = jax.tree.map(lambda g: g / loss_scale.scale, grads)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         batch_stats = jax.lax.pmean(batch_stats, axis_name)
@@ -117,14 +142,24 @@ def train_step(
     }
     if axis_name is not None:
         metrics = jax.lax.psum(metrics, axis_name)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=opt_state,
-        ema_params=ema_params,
+    # After the pmean / psum: every device takes the same decision.
+    loss_finite = jnp.isfinite(metrics["loss"])
+    grads_finite = jnp.isfinite(_global_norm(grads))
+    finite = loss_finite & grads_finite
+    rescalable = loss_scale.scale > 1.0 if loss_scale is not None else False
+    diverged = ~loss_finite | (~grads_finite & ~jnp.asarray(rescalable))
+    # A skipped step's loss (maybe NaN) and accuracy stay out of the sums: averages cover the
+    # applied updates, and metrics.jsonl never holds a NaN.
+    metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+    metrics["skipped"] = (~finite).astype(jnp.float32)
+    metrics["nonfinite"] = diverged.astype(jnp.float32)
+    updated = state.replace(
+        params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema_params
     )
-    return new_state, metrics
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    if loss_scale is not None:
+        new_state = new_state.replace(opt_state=adjust_loss_scale(new_state.opt_state, finite))
+    return new_state.replace(step=state.step + 1), metrics
 
 
 def eval_step(
