@@ -56,7 +56,7 @@ def to_linen(model: nnx.Module) -> dict[str, Any]:
     """Linen variables ``{"params": …, "batch_stats": …}`` (plain nested dicts of arrays, the
     collections the model has) holding the model's current values; the arrays are shared, not
     copied. ``linen_model.apply(to_linen(model), x, train=False)`` equals ``model.eval()(x)``."""
-    flat = {path: variable[...] for path, variable in _flat_variables(model).items()}
+    flat = {path: variable.get_value() for path, variable in _flat_variables(model).items()}
     return traverse_util.unflatten_dict(flat)
 
 

@@ -69,6 +69,9 @@ Initializer = Any
 Dtype = Any
 
 
+_HE_NORMAL = he_normal()  # the default kernel init of the conv layers (one shared instance)
+
+
 def _static(value: Any) -> Any:
     """Lists to tuples, recursively: NNX keeps non-array attributes in the (hashed) graphdef."""
     if isinstance(value, list | tuple):
@@ -126,7 +129,7 @@ class Conv(_Layer):
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         use_bias: bool = True,
-        kernel_init: Initializer = he_normal(),
+        kernel_init: Initializer = _HE_NORMAL,
         bias_init: Initializer = nn.initializers.zeros,
         impl: str = "custom",
         dtype: Dtype | None = None,
@@ -219,7 +222,7 @@ class DepthwiseConv(_Layer):
         padding: Padding = 0,
         dilation: int | Sequence[int] = 1,
         use_bias: bool = True,
-        kernel_init: Initializer = he_normal(),
+        kernel_init: Initializer = _HE_NORMAL,
         bias_init: Initializer = nn.initializers.zeros,
         impl: str = "custom",
         dtype: Dtype | None = None,
@@ -264,8 +267,8 @@ class SeparableConv(_Layer):
         padding: Padding = 0,
         dilation: int | Sequence[int] = 1,
         use_bias: bool = True,
-        depthwise_init: Initializer = he_normal(),
-        pointwise_init: Initializer = he_normal(),
+        depthwise_init: Initializer = _HE_NORMAL,
+        pointwise_init: Initializer = _HE_NORMAL,
         bias_init: Initializer = nn.initializers.zeros,
         impl: str = "custom",
         dtype: Dtype | None = None,

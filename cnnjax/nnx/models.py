@@ -30,6 +30,7 @@ variables. Modules start in training mode, as NNX layers do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +41,8 @@ import numpy as np
 from flax import nnx
 from flax.nnx import bridge
 
-from cnnjax import ops
 from cnnjax import models as linen_models
+from cnnjax import ops
 from cnnjax.models import alexnet as linen_alexnet
 from cnnjax.models import zfnet as linen_zfnet
 from cnnjax.models.registry import ModelInfo
@@ -74,7 +75,7 @@ Shape = tuple[int, int, int]
 
 
 def _flat_size(features: Callable[[jax.Array], jax.Array], input_shape: Shape) -> int:
-    """Size of ``features(x)`` per example for ``x`` of shape ``(1, *input_shape)`` (traced only)."""
+    """Size per example of ``features(x)``, ``x`` of shape ``(1, *input_shape)`` (traced only)."""
     out = jax.eval_shape(features, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
     return int(np.prod(out.shape[1:]))
 
@@ -507,6 +508,14 @@ class ZFNet(_AlexNetHead):
         return self._head(self._features(x))
 
 
+@functools.partial(nnx.jit, static_argnums=(0, 1))
+def _bridge(module: nn.Module, input_shape: Shape, rngs: nnx.Rngs) -> bridge.ToNNX:
+    """``ToNNX(module).lazy_init`` on a ``(1, *input_shape)`` input, compiled: eager Linen
+    initialisation of a deep model dispatches hundreds of small programs."""
+    linen = bridge.ToNNX(module, rngs=rngs)
+    return linen.lazy_init(jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
 class LinenModel(nnx.Module):
     """A registered Linen model as an NNX module, through :class:`flax.nnx.bridge.ToNNX`.
 
@@ -520,10 +529,9 @@ class LinenModel(nnx.Module):
 
     def __init__(self, module: nn.Module, *, input_shape: Shape, rngs: nnx.Rngs):
         streams = nnx.Rngs(params=rngs.params(), dropout=rngs.dropout())
-        self.linen = bridge.ToNNX(module, rngs=streams)
+        self.linen = _bridge(module, tuple(input_shape), streams)
         self.deterministic = False
         self.use_running_average = False
-        self.linen.lazy_init(jnp.zeros((1, *input_shape), jnp.float32), train=False)
         self.has_batch_stats = any(
             isinstance(v, nnx.BatchStat) for _, v in nnx.iter_graph(self.linen)
         )
