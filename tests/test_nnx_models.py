@@ -226,7 +226,7 @@ def test_too_small_input_names_the_model(name):
     model = nnx.eval_shape(lambda: _nnx_model(name))
     model.eval()
     with pytest.raises(ValueError, match=f"minimum input size is {info.min_input_size}"):
-        jax.eval_shape(lambda x: model(x), jnp.zeros((1, size, size, info.input_shape[-1])))
+        nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((1, size, size, info.input_shape[-1])))
 
 
 def test_bad_api_and_linen_only_arguments():
@@ -281,7 +281,7 @@ def test_bridged_modes_must_agree():
     model = nnx.eval_shape(lambda: _nnx_model("resnet20"))
     model.set_attributes(deterministic=True)
     with pytest.raises(ValueError, match="must agree"):
-        jax.eval_shape(lambda x: model(x), jnp.zeros((1, 16, 16, 3)))
+        nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((1, 16, 16, 3)))
 
 
 def test_from_linen_reports_mismatches():
