@@ -45,6 +45,7 @@ from cnnjax import models as linen_models
 from cnnjax import ops
 from cnnjax.models import alexnet as linen_alexnet
 from cnnjax.models import zfnet as linen_zfnet
+from cnnjax.models.lenet import LENET5_C3_TABLE, scaled_tanh
 from cnnjax.models.registry import ModelInfo
 from cnnjax.nnx.layers import (
     AdaptiveAvgPool,
@@ -102,8 +103,6 @@ class LeNet5(nnx.Module):
         rngs: nnx.Rngs,
         **op_kwargs: Any,
     ):
-        from cnnjax.models.lenet import LENET5_C3_TABLE
-
         if output not in ("softmax", "rbf"):
             raise ValueError(f'LeNet5: output must be "softmax" or "rbf", got {output!r}')
         self.num_classes, self.output_kind, self.rbf_seed = num_classes, output, rbf_seed
@@ -124,16 +123,12 @@ class LeNet5(nnx.Module):
         )
 
     def _features(self, x: jax.Array) -> jax.Array:
-        from cnnjax.models.lenet import scaled_tanh
-
         check_input_size(x, model="LeNet5 (lenet5)", min_size=self.min_input_size)
         for layer in (self.C1, self.S2, self.C3, self.S4, self.C5):
             x = scaled_tanh(layer(x))
         return x.reshape(x.shape[0], -1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        from cnnjax.models.lenet import scaled_tanh
-
         x = scaled_tanh(self.F6(self._features(x)))
         if self.output is not None:
             return self.output(x)
@@ -167,13 +162,14 @@ class VGG(nnx.Module):
         depth = sum(item != "M" for item in self.config) + 3
         self.model_name = f"vgg{depth}{'_bn' if batch_norm else ''}"
         common = {"impl": impl, "dtype": dtype}
+        layer = {**common, "rngs": rngs, **op_kwargs}
         init = nn.initializers.glorot_uniform()
         channels = input_shape[-1]
         self.pool = MaxPool((2, 2), stride=2, **common)
         for i, item in enumerate(self.config):
             if item == "M":
                 continue
-            conv = Conv(channels, item, (3, 3), padding=1, kernel_init=init, **common, rngs=rngs)
+            conv = Conv(channels, item, (3, 3), padding=1, kernel_init=init, **layer)
             setattr(self, f"conv{i}", conv)
             if batch_norm:
                 bn = nnx.BatchNorm(
