@@ -111,6 +111,9 @@ def create_model(
     impl: str = "custom",
     dtype=None,
     precision=None,
+    api: str = "linen",
+    rngs=None,
+    input_shape: tuple[int, int, int] | None = None,
     **overrides,
 ) -> nn.Module:
     """Build a registered model: ``create_model("resnet18", num_classes=10, impl="xla")``.
@@ -119,15 +122,31 @@ def create_model(
     dtype (parameters stay float32); ``precision`` (``None`` = backend default, ``"default"``,
     ``"high"``, ``"highest"`` or a ``jax.lax.Precision``) goes to every convolution (forward and
     backward) and dense layer; ``overrides`` go to the family's constructor.
+
+    ``api="nnx"`` returns a Flax NNX module with initialised parameters instead (see
+    :mod:`cnnjax.nnx.models`): ``rngs`` (default ``nnx.Rngs(0)``) draws them, ``input_shape``
+    ``(H, W, C)`` (default the paper's) fixes the input channels and dense fan-ins.
     """
     info = get_model_info(name)
     if impl not in ("custom", "xla"):
         raise ValueError(f'impl must be "custom" or "xla", got {impl!r}')
     precision = canonicalize_precision(precision, op=f"create_model({name!r})")
+    if api not in ("linen", "nnx"):
+        raise ValueError(f'api must be "linen" or "nnx", got {api!r}')
+    if api == "linen" and (rngs is not None or input_shape is not None):
+        raise ValueError('rngs and input_shape are arguments of api="nnx" models only')
     num_classes = info.default_num_classes if num_classes is None else num_classes
-    return info.constructor(
+    module = info.constructor(
         num_classes=num_classes, impl=impl, dtype=dtype, precision=precision, **overrides
     )
+    if api == "linen":
+        return module
+    from flax import nnx  # imported here: Linen users need not load NNX
+
+    from cnnjax.nnx.models import from_linen_module
+
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    return from_linen_module(module, info, rngs=rngs, input_shape=input_shape)
 
 
 def _external_info(name: str) -> ModelInfo:
