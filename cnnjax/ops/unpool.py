@@ -71,6 +71,7 @@ def max_unpool(
         indices are checked against it instead.
       impl: ``"custom"`` or ``"xla"``.
 
+    >>> from cnnjax.ops import max_pool
     >>> x = jnp.array([[1.0, 3.0, 2.0, 0.0]])[..., None]
     >>> y, idx = max_pool(x, 2, return_indices=True)
     >>> max_unpool(y, idx, 2).ravel()
