@@ -26,6 +26,7 @@ __all__ = [
     "plot_feature_maps",
     "plot_filters",
     "plot_receptive_field",
+    "plot_segmentation",
 ]
 
 
@@ -429,3 +430,35 @@ def _input_image(args, run) -> np.ndarray:
 
     img = np.asarray(jax.image.resize(img, (h, w, c), "linear"))
     return (img - np.asarray(run.mean, np.float32)) / np.asarray(run.std, np.float32)
+
+
+def plot_segmentation(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    output: str | os.PathLike,
+    *,
+    num_classes: int,
+    title: str = "",
+) -> pathlib.Path:
+    """Per example a row: the image, the ground-truth mask, the predicted mask (same colours)."""
+    plt = _pyplot()
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    cmap = plt.get_cmap("tab20", max(num_classes, 2))
+    for row, (image, label, pred) in enumerate(zip(images, labels, predictions, strict=True)):
+        _show_image(axes[row, 0], image)
+        for ax, mask, name in (
+            (axes[row, 1], label, "ground truth"),
+            (axes[row, 2], pred, "predicted"),
+        ):
+            ax.imshow(
+                mask, cmap=cmap, vmin=0, vmax=max(num_classes - 1, 1), interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, output)
