@@ -155,3 +155,20 @@ def test_a_few_unet_steps_on_digits_seg_reduce_the_loss():
     m = jax.jit(functools.partial(segmentation_eval_step, model=model))(state, batch)
     scores = iou_from_confusion(m["confusion"])
     assert scores["pixel_accuracy"] > 0.7  # the background (81 % of pixels) is found
+
+
+def test_plot_segmentation_writes_masks_beside_ground_truth(tmp_path):
+    from cnnjax.viz import plot_segmentation
+
+    ds = load_dataset("digits_seg")
+    path = plot_segmentation(
+        ds.test.images[:3],
+        ds.test.labels[:3],
+        ds.test.labels[:3],
+        tmp_path / "m.png",
+        num_classes=11,
+    )
+    with open(path, "rb") as f:
+        header = f.read(24)
+    assert int.from_bytes(header[16:20], "big") == 600  # 3 panels, 6 in at 100 dpi
+    assert int.from_bytes(header[20:24], "big") == 600  # 3 rows of 2 in

@@ -70,12 +70,12 @@ def runs(tmp_path_factory):
     return {"lenet5": lenet, "resnet20": resnet}
 
 
-EXPECTED_PNG = {  # (width, height) in pixels at 100 dpi
-    ("lenet5", "filters"): (300, 200),  # 6 kernels: 3 x 2 tiles
+EXPECTED_PNG = {  # (width, height) in pixels (100 dpi; the older plot_filters 110)
+    ("lenet5", "filters"): (330, 220),  # 6 kernels: 3 x 2 tiles at 110 dpi
     ("lenet5", "features"): (1870, 390),  # C1, C3, C5: 3 rows of input + 16 channels
     ("lenet5", "deconv"): (750, 1000),  # 4 projections
     ("lenet5", "receptive-field"): (900, 450),
-    ("resnet20", "filters"): (400, 400),  # 16 kernels: 4 x 4
+    ("resnet20", "filters"): (440, 440),  # 16 kernels: 4 x 4
     ("resnet20", "features"): (1870, 390),
     ("resnet20", "deconv"): (750, 1000),
     ("resnet20", "receptive-field"): (900, 450),
