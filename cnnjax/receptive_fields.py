@@ -10,13 +10,15 @@ per spatial axis the seeds' ``(size, jump, start)`` triple (:func:`cnnjax.shapes
   so the input itself has ``start = 0.5``). Unit ``j``'s window is
   ``[start + j*jump - size/2, start + j*jump + size/2)``; parts of it may lie in the padding.
 
-Rules (exact for the ops cnnjax's models use):
+Rules (exact for every registered classification model):
 
 * ``conv_general_dilated`` / ``reduce_window*`` (windowed): per spatial axis with
   ``k_eff = d*(k-1) + 1``: ``size += (k_eff - 1)*jump``, ``start += ((k_eff-1)/2 - lo)*jump``,
   ``jump *= s``. Input dilation (a transposed conv) divides the jump by ``lhs_dilation`` and
-  adds only the real taps a window can cover, ``ceil(k_eff / lhs_dilation) - 1`` (the largest
-  field over output positions).
+  adds only the real taps a window can cover, ``ceil(k_eff / lhs_dilation) - 1``. After an
+  upsampling the map from output to input positions is no longer affine (``j -> floor(j/2)``),
+  so the triple is an *upper bound* there: U-Net's paper configuration gets 200 px where the
+  exact footprint of every output pixel, measured by its input gradient, is 188 px.
 * ``pad`` shifts ``start`` by ``-lo*jump`` (interior padding divides the jump); ``slice`` shifts
   by ``start_index*jump`` and multiplies the jump by its stride.
 * elementwise ops, ``select_n``, and ``concatenate`` along a non-spatial axis: the union of the
