@@ -17,6 +17,7 @@ from cnnjax.cli import main as cli_main
 from cnnjax.interpret import deconvnet, effective_receptive_field
 from cnnjax.layers import Conv, MaxPool
 from cnnjax.model_summary import print_summary
+from cnnjax.models import create_model, get_model_info, list_models
 from cnnjax.ops import conv_transpose, max_pool, max_unpool
 from cnnjax.viz import main as viz_main
 
@@ -160,3 +161,33 @@ def test_effective_field_lies_inside_the_theoretical_box():
     inside = np.zeros_like(erf, bool)
     inside[5:13, 5:13] = True
     assert erf[~inside].max() == 0 and erf[inside].sum() > 0
+
+
+FAST_VIZ = {"lenet5", "allconv_c", "nin"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in FAST_VIZ else pytest.param(n, marks=pytest.mark.slow) for n in list_models()],
+)
+def test_every_classification_model_features_deconv_and_erf(name):
+    """Random weights at the registry's test shape: the default layers work, the deconvnet
+    projections are non-zero and the effective field lies inside the theoretical box."""
+    from cnnjax import interpret
+    from cnnjax.viz import _default_feature_layers, _field_box, _layer_row
+
+    shape = get_model_info(name).test_input_shape
+    model = create_model(name, num_classes=10)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (2, *shape)), np.float32)
+    variables = model.init(jax.random.key(1), jnp.asarray(x[:1]), train=False)
+    rows = interpret.spatial_layers(model, shape)
+    row = _layer_row(rows, None)
+    maps = interpret.feature_maps(model, variables, x[0], _default_feature_layers(rows))
+    assert all(m.ndim == 3 for m in maps.values())
+    results = interpret.deconvnet(model, variables, x, row.path, top=2)
+    assert all(np.abs(r["projection"]).sum() > 0 for r in results)
+    erf, position = interpret.effective_receptive_field(model, variables, x, row.path)
+    (y0, y1), (x0, x1) = _field_box(row, position)
+    nonzero = np.argwhere(erf > 0)
+    assert nonzero[:, 0].min() >= np.floor(y0) and nonzero[:, 0].max() < np.ceil(y1)
+    assert nonzero[:, 1].min() >= np.floor(x0) and nonzero[:, 1].max() < np.ceil(x1)
