@@ -17,6 +17,7 @@ from cnnjax.ops import (
     local_response_norm,
     lp_pool,
     max_pool,
+    max_unpool,
     separable_conv,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "local_response_norm",
     "lp_pool",
     "max_pool",
+    "max_unpool",
     "print_summary",
     "separable_conv",
     "shapes",

@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("gradcheck", "compare every custom VJP with autodiff over random configurations"),
+        ("viz", "pictures: edges, filters, features, deconv, receptive-field (PNG)"),
     ):
         p = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
         p.add_argument("args", nargs=argparse.REMAINDER)

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import shapes
+from cnnjax.receptive_fields import Field, input_field, jaxpr_fields
 
 __all__ = ["LayerSummary", "SummaryResult", "print_summary", "summary"]
 
@@ -130,15 +131,20 @@ def summary(
     variables = jax.eval_shape(
         lambda rng, x: model.init(rng, x, **call_kwargs), jax.random.key(0), x_spec
     )
-    tracer = _Tracer(variables)
+    recorder = _Recorder(variables)
 
     def apply(variables, x):
-        tracer.start(x)
-        with nn.intercept_methods(tracer.intercept):
+        with nn.intercept_methods(recorder.intercept):
             return model.apply(variables, x, **call_kwargs)
 
-    out = jax.eval_shape(apply, variables, x_spec)
-    rows = tracer.finish() + _uncalled_rows(variables.get("params", {}), tracer.seen_paths)
+    closed, out = jax.make_jaxpr(apply, return_shape=True)(variables, x_spec)
+    n_variables = len(jax.tree.leaves(variables))
+    jaxpr_fields(
+        closed,
+        [*([None] * n_variables), input_field(len(input_shape) - 1)],
+        marker_hook=recorder.on_marker,
+    )
+    rows = recorder.finish() + _uncalled_rows(variables.get("params", {}), recorder.seen_paths)
 
     total_params = sum(
         int(math.prod(p.shape)) for p in jax.tree.leaves(variables.get("params", {}))
@@ -157,7 +163,7 @@ def summary(
     leaves = [r for r in rows if r.is_leaf]
     total_macs = sum(r.macs for r in leaves)
     total_macs_valid = sum(r.macs_valid for r in leaves)
-    final = tracer.final_field()
+    final = (recorder.final.size, recorder.final.jump) if recorder.final is not None else None
     out_shape = jax.tree.map(lambda a: tuple(a.shape), out)
     name = type(model).__name__
     table = _format_table(
@@ -226,18 +232,8 @@ def print_summary(
 
 
 # --------------------------------------------------------------------------------------------
-# Tracing: one record per module call, receptive fields following the arrays
+# Tracing: one record per module call; receptive fields from the jaxpr
 # --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Field:
-    """Receptive field of one array: per-dim size, jump, start, and the leaf row it came from."""
-
-    size: tuple[int, ...]
-    jump: tuple[int, ...]
-    start: tuple[float, ...]
-    row: int | None  # index of the leaf row whose output carries this field (None: the input)
 
 
 @dataclasses.dataclass
@@ -249,90 +245,25 @@ class _Call:
     own_params: int = 0
     macs: int = 0
     macs_valid: int = 0
-    field: _Field | None = None
+    field: Field | None = None
     input_row: int | None = None  # leaf row that produced this call's input field
     children: int = 0
     geometry: tuple | None = None
     parent: int | None = None
 
 
-class _Tracer:
-    """Collects module calls during one trace (used once per :func:`summary`)."""
+class _Recorder:
+    """Collects module calls during one ``jax.make_jaxpr`` trace and marks each call's input and
+    output with a ``lax.optimization_barrier`` (an identity), so that the jaxpr interpreter
+    (:mod:`cnnjax.receptive_fields`) can tell which variables enter and leave which call."""
 
     def __init__(self, variables: dict):
         self.params = variables.get("params", {})
         self.calls: list[_Call] = []
         self.stack: list[tuple[nn.Module, int]] = []
         self.seen_paths: set[tuple[str, ...]] = set()
-        # Every array we have seen, kept alive so that ``id`` stays unique during the trace.
-        self.arrays: list[tuple[Any, _Field | None]] = []
-        self.by_id: dict[int, int] = {}
-
-    # -- arrays and their fields -------------------------------------------------------------
-
-    def start(self, x) -> None:
-        ndim = x.ndim - 2
-        self._remember(x, _Field((1,) * ndim, (1,) * ndim, (0.5,) * ndim, None))
-
-    def _remember(self, a, field: _Field | None) -> None:
-        self.by_id[id(a)] = len(self.arrays)
-        self.arrays.append((a, field))
-
-    def _field_of(self, x) -> _Field | None:
-        """The field of ``x``, which a module received or returned.
-
-        By identity when ``x`` is an array we have seen (a module's output or the model input).
-        Otherwise ``x`` was made by plain ops (``relu``, a residual add, a concatenation, the
-        option-A subsample/pad) from arrays we have seen: walk back through the tracer's
-        producing equations to them and take the largest of their fields (exact for
-        elementwise ops and channel concatenations, which is what runs between modules).
-        Without that tracer graph (a JAX without ``tracer.parent``), guess: the newest array
-        of the same shape, or the largest field of that spatial size made after it.
-        """
-        if not _is_array(x) or x.ndim < 3:
-            return None
-        index = self.by_id.get(id(x))
-        if index is not None:
-            return self.arrays[index][1]
-        found = self._ancestor_fields(x)
-        if found is not None:
-            return _largest(found)
-        newest = next(
-            (i for i in range(len(self.arrays) - 1, -1, -1) if self.arrays[i][0].shape == x.shape),
-            0,
-        )
-        same = [
-            f for a, f in self.arrays[newest:] if f is not None and a.shape[1:-1] == x.shape[1:-1]
-        ]
-        return _largest(same)
-
-    def _ancestor_fields(self, x, limit: int = 100_000) -> list[_Field] | None:
-        """Fields of the nearest seen arrays upstream of ``x`` in the trace; ``None`` when the
-        tracer does not expose its producing equation."""
-        if getattr(x, "parent", None) is None:
-            return None
-        fields, stack, visited = [], [x], set()
-        while stack and len(visited) < limit:
-            tracer = stack.pop()
-            if id(tracer) in visited:
-                continue
-            visited.add(id(tracer))
-            index = self.by_id.get(id(tracer))
-            if index is not None:
-                if self.arrays[index][1] is not None:
-                    fields.append((index, self.arrays[index][1]))
-                continue
-            stack.extend(getattr(getattr(tracer, "parent", None), "in_tracers", ()) or ())
-        # in creation order, so that _largest prefers the downstream one among equals
-        return [f for _, f in sorted(fields, key=lambda item: item[0])]
-
-    def final_field(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-        for a, field in reversed(self.arrays):
-            if field is not None and field.row is not None and a.ndim >= 3:
-                return field.size, field.jump
-        return None
-
-    # -- the interceptor -----------------------------------------------------------------------
+        self.events: list[tuple[str, int]] = []  # ("enter" | "exit", call index), barrier order
+        self.final: Field | None = None
 
     def intercept(self, next_fun, args, kwargs, context):
         module = context.module
@@ -350,27 +281,32 @@ class _Tracer:
         self.calls.append(call)
         if call.parent is not None:
             self.calls[call.parent].children += 1
-        first_arrays = len(self.arrays)
-        in_field = self._field_of(x)
+        if args and _is_array(x):
+            self.events.append(("enter", index))
+            args = (jax.lax.optimization_barrier(x), *args[1:])
         self.stack.append((module, index))
         try:
             out = next_fun(*args, **kwargs)
         finally:
             self.stack.pop()
-
         call.output_shape = jax.tree.map(lambda a: tuple(a.shape), out)
         own = self._own_params(path)
         if path not in self.seen_paths:
             call.own_params = sum(int(math.prod(p.shape)) for p in own.values())
             self.seen_paths.add(path)
-        y = out if _is_array(out) else next(iter(jax.tree.leaves(out)), None)
         if call.children == 0:
-            self._leaf(call, index, module, x, y, own, in_field)
-        else:
-            self._composite(call, x, y, in_field, first_arrays)
-        for leaf in jax.tree.leaves(out):
-            if _is_array(leaf) and id(leaf) not in self.by_id:
-                self._remember(leaf, call.field if leaf is y else None)
+            y = out if _is_array(out) else next(iter(jax.tree.leaves(out)), None)
+            in_spatial = tuple(x.shape[1:-1]) if _is_array(x) else ()
+            out_spatial = tuple(y.shape[1:-1]) if _is_array(y) else ()
+            transpose = "transpose" in call.type_name.lower()
+            geometry = _geometry(module, own, in_spatial, out_spatial, transpose)
+            call.geometry = geometry if isinstance(geometry, tuple) else None
+            call.macs, call.macs_valid = _macs(own, in_spatial, out_spatial, geometry, transpose)
+        leaves, tree = jax.tree.flatten(out)
+        if any(_is_array(a) for a in leaves):
+            self.events.append(("exit", index))
+            leaves = jax.lax.optimization_barrier(leaves)
+            out = jax.tree.unflatten(tree, leaves)
         return out
 
     def _own_params(self, path: tuple[str, ...]) -> dict[str, Any]:
@@ -383,48 +319,29 @@ class _Tracer:
             return {}
         return {k: v for k, v in node.items() if not isinstance(v, dict)}
 
-    def _leaf(self, call: _Call, index: int, module, x, y, own, in_field) -> None:
-        in_spatial = tuple(x.shape[1:-1]) if _is_array(x) else ()
-        out_spatial = tuple(y.shape[1:-1]) if _is_array(y) else ()
-        transpose = "transpose" in call.type_name.lower()
-        geometry = _geometry(module, own, in_spatial, out_spatial, transpose)
-        call.geometry = geometry if isinstance(geometry, tuple) else None
-        call.input_row = in_field.row if in_field else None
-        call.macs, call.macs_valid = _macs(own, in_spatial, out_spatial, geometry, transpose)
-        if y is None or y.ndim < 3 or in_field is None or geometry is None:
-            call.field = None
-        elif geometry == "identity":
-            call.field = _Field(in_field.size, in_field.jump, in_field.start, index)
-        elif len(geometry) == len(in_field.size):
-            call.field = _step(in_field, geometry, index)
-
-    def _composite(self, call: _Call, x, y, in_field, first_arrays: int) -> None:
-        if y is None or y.ndim < 3:
-            return
-        index = self.by_id.get(id(y))
-        if index is not None:
-            call.field = self.arrays[index][1]
-            return
-        found = self._ancestor_fields(y)
-        if found is not None:
-            call.field = _largest(found)
-            return
-        # No tracer graph: a merge of branches (residual add, concat) has the largest field
-        # made inside the call, the newest of equals (it is downstream of the others).
-        candidates = [
-            f
-            for a, f in self.arrays[first_arrays:]
-            if f is not None and a.shape[1:-1] == y.shape[1:-1]
-        ]
-        if in_field is not None and _is_array(x) and x.shape[1:-1] == y.shape[1:-1]:
-            candidates.insert(0, in_field)
-        call.field = _largest(candidates)
-
-    # -- rows ----------------------------------------------------------------------------------
+    def on_marker(self, marker: int, fields: list[Field | None]) -> list[Field | None]:
+        """At a call's input: remember the field and the leaf row it came from. At a leaf
+        call's output: stamp the output fields with the call's row (the main-path link)."""
+        kind, index = self.events[marker]
+        call = self.calls[index]
+        first = fields[0] if fields else None
+        if kind == "enter":
+            call.input_row = first.row if first is not None else None
+            return fields
+        if call.children == 0:
+            fields = [Field(f.axes, index) if f is not None else None for f in fields]
+            first = fields[0] if fields else None
+        call.field = first
+        if first is not None and first.row is not None:
+            self.final = first
+        return fields
 
     def finish(self) -> list[LayerSummary]:
-        main = self._main_path()
-        self._check_main_path(main)
+        main = set()
+        last = self.final.row if self.final is not None else None
+        while last is not None and last not in main:
+            main.add(last)
+            last = self.calls[last].input_row
         rows = []
         for i, c in enumerate(self.calls):
             f = c.field
@@ -446,37 +363,6 @@ class _Tracer:
                 )
             )
         return rows
-
-    def _main_path(self) -> set[int]:
-        """Leaf rows on the chain that produces the final feature map's receptive field."""
-        last = None
-        for a, field in reversed(self.arrays):
-            if field is not None and field.row is not None and a.ndim >= 3:
-                last = field.row
-                break
-        main = set()
-        while last is not None and last not in main:
-            main.add(last)
-            last = self.calls[last].input_row
-        return main
-
-    def _check_main_path(self, main: set[int]) -> None:
-        """Recompute the main path's fields with the seeds' recurrence in one go."""
-        chain = [i for i in sorted(main) if self.calls[i].geometry is not None]
-        if not chain:
-            return
-        for dim in range(len(self.calls[chain[0]].geometry)):
-            layers = [
-                (k, s, lo, d) for k, s, (lo, _), d in (self.calls[i].geometry[dim] for i in chain)
-            ]
-            fields = shapes.receptive_field(layers)
-            for i, rf in zip(chain, fields, strict=True):
-                got = self.calls[i].field
-                if got is None or got.size[dim] != rf.size or got.jump[dim] != rf.jump:
-                    raise AssertionError(  # pragma: no cover - same recurrence, two code paths
-                        f"receptive field of {'/'.join(self.calls[i].path)} disagrees with "
-                        f"shapes.receptive_field: {got} vs {rf}"
-                    )
 
 
 def _uncalled_rows(params: dict, seen: set[tuple[str, ...]]) -> list[LayerSummary]:
@@ -592,28 +478,6 @@ def _macs(own, in_spatial, out_spatial, geometry, transpose) -> tuple[int, int]:
         else:
             valid += positions * size
     return macs, valid
-
-
-def _largest(fields: list[_Field]) -> _Field | None:
-    """The largest field, the last of equals."""
-    best = None
-    for f in fields:
-        if best is None or f.size >= best.size:
-            best = f
-    return best
-
-
-def _step(field: _Field, geometry, row: int) -> _Field:
-    """One step of the seeds' looking-forward recurrence, per spatial dim."""
-    size, jump, start = [], [], []
-    for r, j, st, (k, s, (lo, _), d) in zip(
-        field.size, field.jump, field.start, geometry, strict=True
-    ):
-        k_eff = d * (k - 1) + 1
-        size.append(r + (k_eff - 1) * j)
-        start.append(st + ((k_eff - 1) / 2 - lo) * j)
-        jump.append(j * s)
-    return _Field(tuple(size), tuple(jump), tuple(start), row)
 
 
 # --------------------------------------------------------------------------------------------

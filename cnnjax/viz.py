@@ -5,6 +5,9 @@
   run (e.g. ``impl="custom"`` vs ``"xla"``).
 * :func:`plot_confusion` — a ``K × K`` confusion matrix (rows: true class, columns: predicted).
 * :func:`plot_filters` — first-layer kernels ``(kh, kw, C_in, C_out)`` as a grid of images.
+* :func:`plot_edges`, :func:`plot_feature_maps`, :func:`plot_deconv`,
+  :func:`plot_receptive_field` and :func:`main` — the ``cnnjax viz`` pictures (the numbers come
+  from :mod:`cnnjax.interpret` and :mod:`cnnjax.receptive_fields`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["plot_confusion", "plot_curves", "plot_filters"]
+__all__ = [
+    "main",
+    "plot_confusion",
+    "plot_curves",
+    "plot_deconv",
+    "plot_edges",
+    "plot_feature_maps",
+    "plot_filters",
+    "plot_receptive_field",
+    "plot_segmentation",
+]
 
 
 def _pyplot():
@@ -145,3 +158,326 @@ def plot_filters(kernel: np.ndarray, output: str | os.PathLike) -> pathlib.Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Seeing inside a CNN: `cnnjax viz edges | filters | features | deconv | receptive-field`
+# --------------------------------------------------------------------------------------------
+
+EDGE_IMAGE = np.repeat([[10.0] * 3 + [0.0] * 3], 6, axis=0)  # bright left half, dark right
+EDGE_FILTER = np.array([[1.0, 0.0, -1.0]] * 3)  # vertical edge detector: columns 1, 0, -1
+
+
+def _matrix(ax, values: np.ndarray, title: str) -> None:
+    """A small matrix as a grey image with its numbers printed in the cells."""
+    ax.imshow(values, cmap="gray", vmin=min(values.min(), 0), vmax=max(values.max(), 1e-9))
+    span = np.ptp(values) or 1.0
+    for (i, j), v in np.ndenumerate(values):
+        dark = (v - values.min()) / span < 0.5
+        ax.text(j, i, f"{v:g}", ha="center", va="center", color="white" if dark else "black")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+
+
+def plot_edges(output: str | os.PathLike) -> tuple[pathlib.Path, np.ndarray]:
+    """The seeds' edge example: 6×6 image ⊛ 3×3 vertical-edge filter = 4×4 map whose two middle
+    columns light up (30) at the boundary and stay 0 elsewhere. Returns the PNG and the map."""
+    from cnnjax.ops import conv
+
+    image = EDGE_IMAGE.astype(np.float32)
+    kernel = EDGE_FILTER.astype(np.float32)
+    result = np.asarray(conv(image[None, :, :, None], kernel[:, :, None, None]))[0, :, :, 0]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4), gridspec_kw={"width_ratios": [6, 3, 4]})
+    _matrix(axes[0], image, "input 6×6")
+    _matrix(axes[1], kernel, "filter 3×3")
+    _matrix(axes[2], result, "output 4×4 (VALID conv)")
+    fig.suptitle("vertical edge detection: the edge shows as the bright middle columns")
+    return _save(fig, output), result
+
+
+def _save(fig, output) -> pathlib.Path:
+    path = pathlib.Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def _show_image(ax, image: np.ndarray, mean=None, std=None) -> None:
+    """A normalised ``(H, W, C)`` image, un-normalised for display."""
+    img = np.asarray(image, np.float32)
+    if mean is not None:
+        img = img * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    img = (img - img.min()) / (np.ptp(img) or 1.0)
+    ax.imshow(
+        img if img.shape[-1] == 3 else img[..., 0], cmap=None if img.shape[-1] == 3 else "gray"
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_feature_maps(
+    maps: dict[str, np.ndarray],
+    image: np.ndarray,
+    output: str | os.PathLike,
+    *,
+    mean=None,
+    std=None,
+    max_channels: int = 16,
+) -> pathlib.Path:
+    """One row per layer: the input, then up to ``max_channels`` channels of ``(H', W', C')``."""
+    plt = _pyplot()
+    cols = 1 + max_channels
+    fig, axes = plt.subplots(len(maps), cols, figsize=(cols * 1.1, len(maps) * 1.3), squeeze=False)
+    for row, (path, fmap) in enumerate(maps.items()):
+        _show_image(axes[row, 0], image, mean, std)
+        axes[row, 0].set_title(path, fontsize=7, loc="left")
+        fmap = fmap.reshape(*fmap.shape[:2], -1) if fmap.ndim >= 3 else fmap[None, None]
+        for c, ax in enumerate(axes[row, 1:]):
+            ax.axis("off")
+            if c < fmap.shape[-1]:
+                ax.imshow(fmap[..., c], cmap="viridis")
+                ax.set_title(f"{fmap.shape[0]}×{fmap.shape[1]} c{c}", fontsize=6)
+    return _save(fig, output)
+
+
+def _field_box(row, position) -> list[tuple[float, float]]:
+    """``[lo, hi)`` per dim of unit ``position``'s theoretical field (summary row numbers)."""
+    return [
+        (start + p * jump - size / 2, start + p * jump + size / 2)
+        for start, jump, size, p in zip(row.rf_start, row.rf_jump, row.rf_size, position)
+    ]
+
+
+def plot_deconv(
+    results: list[dict],
+    images: np.ndarray,
+    row,
+    output: str | os.PathLike,
+    *,
+    mean=None,
+    std=None,
+) -> pathlib.Path:
+    """Per projected activation: the deconvnet projection, and the input patch under the unit's
+    theoretical receptive field (box on the input)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(results), 3, figsize=(7.5, 2.5 * len(results)), squeeze=False)
+    for ax_row, r in zip(axes, results, strict=True):
+        image = images[r["image"]]
+        (y0, y1), (x0, x1) = _field_box(row, r["position"])
+        _show_image(ax_row[0], image, mean, std)
+        ax_row[0].add_patch(
+            _pyplot().Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="red")
+        )
+        ax_row[0].set_title(f"image {r['image']}, unit {r['position']}", fontsize=8)
+        h, w = image.shape[:2]
+        crop = (
+            slice(max(int(y0), 0), min(int(np.ceil(y1)), h)),
+            slice(max(int(x0), 0), min(int(np.ceil(x1)), w)),
+        )
+        _show_image(ax_row[1], image[crop], mean, std)
+        ax_row[1].set_title("input patch (RF)", fontsize=8)
+        proj = r["projection"]
+        _show_image(ax_row[2], proj if proj.shape[-1] == 3 else proj[..., :1])
+        ax_row[2].set_title(f"deconv c{r['channel']} ({r['value']:.2g})", fontsize=8)
+    fig.suptitle(f"{row.path}: strongest activations projected to pixels", fontsize=9)
+    return _save(fig, output)
+
+
+def plot_receptive_field(
+    image: np.ndarray,
+    erf: np.ndarray,
+    row,
+    position: Sequence[int],
+    output: str | os.PathLike,
+    *,
+    mean=None,
+    std=None,
+) -> pathlib.Path:
+    """The input with the theoretical RF box of one unit, and the effective RF heat map."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+    (y0, y1), (x0, x1) = _field_box(row, position)
+    _show_image(axes[0], image, mean, std)
+    axes[1].imshow(erf / (erf.max() or 1.0), cmap="hot")
+    for ax in axes:
+        ax.add_patch(
+            plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="cyan", lw=2)
+        )
+        ax.set_xlim(-0.5, image.shape[1] - 0.5)
+        ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    size = "×".join(str(s) for s in row.rf_size)
+    jump = "×".join(str(s) for s in row.rf_jump)
+    axes[0].set_title(
+        f"{row.path} unit {tuple(position)}: theoretical RF {size}, jump {jump}", fontsize=8
+    )
+    axes[1].set_title("effective RF |d unit / d input| (Luo et al. 2016)", fontsize=8)
+    return _save(fig, output)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``cnnjax viz SUBCOMMAND``: one PNG per call; errors print one line and return 2."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="cnnjax viz", description="pictures of CNN internals")
+    sub = parser.add_subparsers(dest="what", metavar="SUBCOMMAND", required=True)
+    p = sub.add_parser("edges", help="the seeds' 6×6 vertical-edge convolution, with numbers")
+    p.add_argument("--output", default="edges.png", help="PNG path (default: edges.png)")
+    for name, text in (
+        ("filters", "first-layer kernels, one tile per output channel"),
+        ("features", "feature maps of one input through chosen layers"),
+        ("deconv", "Zeiler & Fergus deconvnet projections of the strongest activations"),
+        ("receptive-field", "theoretical RF box of a unit over its effective RF (Luo et al.)"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("workdir", metavar="WORKDIR", help="a cnnjax training run directory")
+        p.add_argument("--output", help=f"PNG path (default: WORKDIR/{name}.png)")
+        p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        if name in ("features", "receptive-field"):
+            p.add_argument("--image", help="an image file (default: a test image, see --index)")
+            p.add_argument("--index", type=int, default=0, help="test image index (default 0)")
+        if name == "features":
+            p.add_argument("--layers", nargs="+", help="layer paths (see `cnnjax summary`)")
+        if name in ("deconv", "receptive-field"):
+            p.add_argument("--layer", help="layer path (default: the deepest spatial conv)")
+        if name == "deconv":
+            p.add_argument("--top", type=int, default=4, help="activations to project")
+            p.add_argument("--images", type=int, default=32, help="test images searched")
+        if name == "receptive-field":
+            p.add_argument("--unit", type=int, nargs="+", help="unit position (default: centre)")
+            p.add_argument("--images", type=int, default=8, help="test images averaged")
+    args = parser.parse_args(argv)
+    try:
+        print(_run_viz(args))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"cnnjax viz {args.what}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_viz(args) -> str:
+    if args.what == "edges":
+        path, result = plot_edges(args.output)
+        return f"{path}\n" + "\n".join(" ".join(f"{v:3g}" for v in r) for r in result)
+    from cnnjax import interpret
+
+    run = interpret.load_run(args.workdir, args.step)
+    output = args.output or pathlib.Path(args.workdir) / f"{args.what}.png"
+    rows = interpret.spatial_layers(run.model, run.input_shape)
+    if args.what == "filters":
+        return str(plot_filters(_first_kernel(run.variables["params"], rows), output))
+    if args.what == "features":
+        image = _input_image(args, run)
+        paths = args.layers or _default_feature_layers(rows)
+        maps = interpret.feature_maps(run.model, run.variables, image, paths)
+        return str(plot_feature_maps(maps, image, output, mean=run.mean, std=run.std))
+    row = _layer_row(rows, args.layer)
+    if args.what == "deconv":
+        count = max(1, min(args.images, run.num_test))
+        images = np.stack([run.images(i) for i in range(count)])
+        results = interpret.deconvnet(run.model, run.variables, images, row.path, top=args.top)
+        return str(plot_deconv(results, images, row, output, mean=run.mean, std=run.std))
+    image = _input_image(args, run)
+    if args.image:
+        images = image[None]
+    else:
+        count = max(1, min(args.images, run.num_test - args.index))
+        images = np.stack([run.images(args.index + i) for i in range(count)])
+    erf, position = interpret.effective_receptive_field(
+        run.model, run.variables, images, row.path, args.unit
+    )
+    path = plot_receptive_field(image, erf, row, position, output, mean=run.mean, std=run.std)
+    box = _field_box(row, position)
+    return f"{path}\n{row.path} unit {position}: RF {row.rf_size} jump {row.rf_jump} box {box}"
+
+
+def _first_kernel(params: dict, rows) -> np.ndarray:
+    """The kernel of the first conv layer called (summary order, not the tree's)."""
+    for row in rows:
+        node = params
+        for name in row.path.split("/"):
+            node = node.get(name, {}) if isinstance(node, dict) else {}
+        kernel = node.get("kernel") if isinstance(node, dict) else None
+        if kernel is not None and np.ndim(kernel) == 4:
+            return np.asarray(kernel)
+    raise ValueError("the model has no 2-D conv kernel to show")
+
+
+def _conv_rows(rows):
+    return [r for r in rows if "conv" in r.type_name.lower()] or list(rows)
+
+
+def _default_feature_layers(rows) -> list[str]:
+    convs = _conv_rows(rows)
+    picks = sorted({0, len(convs) // 2, len(convs) - 1})
+    return [convs[i].path for i in picks]
+
+
+def _layer_row(rows, layer: str | None):
+    if layer is None:
+        convs = [r for r in _conv_rows(rows) if min(r.output_shape[1:-1]) > 1] or _conv_rows(rows)
+        return convs[-1]
+    for r in rows:
+        if r.path == layer:
+            return r
+    known = ", ".join(r.path for r in rows)
+    raise ValueError(f"no spatial layer {layer!r}; choose one of: {known}")
+
+
+def _input_image(args, run) -> np.ndarray:
+    if not getattr(args, "image", None):
+        return run.images(args.index)
+    plt = _pyplot()
+    path = pathlib.Path(args.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"--image {path} does not exist")
+    img = np.asarray(plt.imread(path), np.float32)
+    img = img[..., :3] if img.ndim == 3 else img[..., None]
+    if img.max() > 1.0:
+        img = img / 255.0
+    h, w, c = run.input_shape
+    if img.shape[-1] != c:
+        img = img.mean(-1, keepdims=True) if c == 1 else np.repeat(img[..., :1], c, -1)
+    import jax
+
+    img = np.asarray(jax.image.resize(img, (h, w, c), "linear"))
+    return (img - np.asarray(run.mean, np.float32)) / np.asarray(run.std, np.float32)
+
+
+def plot_segmentation(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    output: str | os.PathLike,
+    *,
+    num_classes: int,
+    title: str = "",
+) -> pathlib.Path:
+    """Per example a row: the image, the ground-truth mask, the predicted mask (same colours)."""
+    plt = _pyplot()
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    cmap = plt.get_cmap("tab20", max(num_classes, 2))
+    for row, (image, label, pred) in enumerate(zip(images, labels, predictions, strict=True)):
+        _show_image(axes[row, 0], image)
+        for ax, mask, name in (
+            (axes[row, 1], label, "ground truth"),
+            (axes[row, 2], pred, "predicted"),
+        ):
+            ax.imshow(
+                mask, cmap=cmap, vmin=0, vmax=max(num_classes - 1, 1), interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, output)

@@ -85,7 +85,7 @@ _TFDS_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "svhn_cropped": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-_BUILTIN = ("digits", "synthetic", "npz:PATH", "folder:PATH")
+_BUILTIN = ("digits", "digits_seg", "synthetic", "npz:PATH", "folder:PATH")
 
 
 class Source(Protocol):
@@ -219,6 +219,10 @@ def load_dataset(
         raise ValueError(f'resize_mode must be "auto", "pad" or "resize", got {resize_mode!r}')
     if name == "digits":
         ds = _load_digits(image_size or 32, resize_mode)
+    elif name == "digits_seg":  # per-pixel labels: cnnjax/data/segmentation.py
+        from cnnjax.data.segmentation import load_digits_seg
+
+        ds = load_digits_seg()
     elif name == "synthetic" or name.startswith("synthetic:"):
         ds = _load_synthetic(name, image_size, num_classes or 10, seed)
     elif name.startswith("npz:"):

@@ -85,3 +85,10 @@ __all__ += [
     "option_a_shortcut",
     "resnet",
 ]
+
+# Segmentation families: per-pixel logits; listed by list_models(task="segmentation").
+from cnnjax.models import segnet, unet  # noqa: E402
+from cnnjax.models.segnet import SegNet  # noqa: E402
+from cnnjax.models.unet import UNet  # noqa: E402
+
+__all__ += ["SegNet", "UNet", "segnet", "unet"]

@@ -45,6 +45,7 @@ class ModelInfo:
     min_input_size: int
     test_input_shape: tuple[int, int, int]
     default_num_classes: int = 1000
+    task: str = "classification"  # or "segmentation": logits (N, H', W', classes)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -58,6 +59,7 @@ def register_model(
     min_input_size: int,
     test_input_shape: tuple[int, int, int] | None = None,
     default_num_classes: int = 1000,
+    task: str = "classification",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``constructor(num_classes=..., impl=..., dtype=..., **overrides) -> nn.Module``.
 
@@ -76,15 +78,21 @@ def register_model(
             min_input_size=min_input_size,
             test_input_shape=test_input_shape or input_shape,
             default_num_classes=default_num_classes,
+            task=task,
         )
         return constructor
 
     return decorator
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Sorted registered names, optionally filtered by a substring ``pattern``."""
-    return sorted(n for n in _REGISTRY if pattern is None or pattern in n)
+def list_models(pattern: str | None = None, *, task: str | None = "classification") -> list[str]:
+    """Sorted registered names, optionally filtered by a substring ``pattern``; only models of
+    ``task`` (``"classification"`` by default, ``"segmentation"``, or ``None`` for all)."""
+    return sorted(
+        n
+        for n, info in _REGISTRY.items()
+        if (pattern is None or pattern in n) and (task is None or info.task == task)
+    )
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -100,7 +108,9 @@ def get_model_info(name: str) -> ModelInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}")
+        raise ValueError(
+            f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models(task=None))}"
+        )
     return _REGISTRY[name]
 
 

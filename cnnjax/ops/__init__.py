@@ -15,6 +15,7 @@ from cnnjax.ops.pooling import (
     lp_pool,
     max_pool,
 )
+from cnnjax.ops.unpool import max_unpool
 
 __all__ = [
     "avg_pool",
@@ -27,5 +28,6 @@ __all__ = [
     "local_response_norm",
     "lp_pool",
     "max_pool",
+    "max_unpool",
     "separable_conv",
 ]

@@ -66,8 +66,9 @@ def max_pool(
     dilation: int | Sequence[int] = 1,
     ceil_mode: bool = False,
     *,
+    return_indices: bool = False,
     impl: Impl = "custom",
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Max pooling over a (dilated) window, like ``torch.nn.functional.max_pool{1,2,3}d``.
 
     Shapes: ``x`` is ``(N, *spatial, C)`` with 1-3 spatial dims; returns ``(N, *out, C)`` with
@@ -95,6 +96,12 @@ def max_pool(
         ``"xla"`` (``lax.reduce_window`` + JAX autodiff, forward mode included; with
         ``dilation > 1`` the forward is a ``reduce_window`` over the stacked dilated taps
         because JAX cannot differentiate a dilated max ``reduce_window``).
+      return_indices: also return the switches as ``int32`` indices, shape ``(N, *out, C)``,
+        in PyTorch's convention: the flat row-major position of each window's first maximum
+        within its channel's spatial plane of the *unpadded* input (so they port to and from
+        ``torch.nn.functional.max_pool*d(..., return_indices=True)`` and feed
+        :func:`cnnjax.ops.max_unpool`). A window whose real taps are all ``-inf`` points at its
+        first real tap, as in PyTorch. The indices carry no gradient.
 
     >>> max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), 2).ravel()
     Array([ 5.,  7., 13., 15.], dtype=float32)
@@ -105,8 +112,10 @@ def max_pool(
         "max_pool", x, window, stride, padding, dilation, ceil_mode, check_half_window=True
     )
     if impl == "xla":
-        return _max_pool_xla(x, geom)
-    return call_custom_vjp("max_pool", _max_pool_jit, x, geom)
+        y = _max_pool_xla(x, geom)
+    else:
+        y = call_custom_vjp("max_pool", _max_pool_jit, x, geom)
+    return (y, _max_pool_indices_jit(x, geom)) if return_indices else y
 
 
 def avg_pool(
@@ -532,6 +541,45 @@ def _max_pool_bwd(geom: _Geometry, switch: jax.Array, g: jax.Array):
 
 _max_pool_custom.defvjp(_max_pool_fwd, _max_pool_bwd)
 _max_pool_jit = jax.jit(_max_pool_custom, static_argnums=1)
+
+
+def _max_pool_indices(x: jax.Array, geom: _Geometry) -> jax.Array:
+    """PyTorch's switches: flat position ``sum_i p_i prod_{i' > i} n_{i'}`` of the first maximum
+    of each window, ``p = j s - lo + t d``, among the taps that fall inside the input."""
+    x = lax.stop_gradient(x)
+    xp = lax.pad(x, _lowest(x.dtype), _pad_config(geom.full_padding))
+    best = found = index = None
+    for offset in _offsets(geom):
+        # static per-tap positions: flat index and whether the tap lies inside the input
+        grids = np.meshgrid(
+            *(
+                np.arange(o) * s - lo + t * d
+                for o, s, (lo, _), t, d in zip(
+                    geom.out, geom.stride, geom.padding, offset, geom.dilation, strict=True
+                )
+            ),
+            indexing="ij",
+        )
+        inside = np.all([(g >= 0) & (g < n) for g, n in zip(grids, geom.spatial, strict=True)], 0)
+        if not inside.any():
+            continue
+        flat = np.ravel_multi_index(
+            tuple(np.clip(g, 0, n - 1) for g, n in zip(grids, geom.spatial)), geom.spatial
+        )
+        flat = jnp.asarray(flat.astype(np.int32)[None, ..., None])
+        inside = jnp.asarray(inside[None, ..., None])
+        tap = _tap(xp, geom, offset)
+        if best is None:
+            best, found, index = tap, inside, jnp.broadcast_to(flat, tap.shape)
+            continue
+        take = inside & (~found | (tap > best) | (tap != tap))
+        best = jnp.where(take, tap, best)
+        index = jnp.where(take, flat, index)
+        found = found | inside
+    return index
+
+
+_max_pool_indices_jit = jax.jit(_max_pool_indices, static_argnums=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""U-Net (Ronneberger, Fischer & Brox 2015): a contracting path and an expanding path joined by
+skip connections, for per-pixel classification.
+
+Contracting path: at each of ``len(widths) - 1`` levels two 3×3 convs (ReLU) then a 2×2/2 max
+pool; the bottom level two 3×3 convs. Expanding path: a 2×2/2 *transposed* conv halving the
+channels ("up-convolution"), concatenation with the centre crop of the encoder map of that level
+(the crop is needed with the paper's unpadded convs), two 3×3 convs (ReLU); a final 1×1 conv
+gives ``num_classes`` logits per pixel.
+
+Paper configuration (``widths=(64, 128, 256, 512, 1024)``, ``padding=0``, 1 input channel,
+2 classes): a 572×572 tile gives a 388×388 map and 31,030,658 parameters (18 3×3 convs,
+4 up-convs and the 1×1 classifier, all with biases; no batch norm: 18,842,048 in the
+contracting path, 12,188,610 in the expanding path). ``padding=1`` keeps the spatial size
+(the common re-implementation; inputs must then be divisible by ``2 ** (len(widths) - 1)``).
+
+Returns logits ``(N, H', W', num_classes)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax.layers import Conv, ConvTranspose, MaxPool
+from cnnjax.models.registry import register_model
+
+__all__ = ["UNet", "center_crop"]
+
+
+def center_crop(x: jax.Array, spatial: Sequence[int]) -> jax.Array:
+    """The central ``spatial`` window of ``(N, *S, C)`` (U-Net's "cropping" of the skip)."""
+    starts = [(n - m) // 2 for n, m in zip(x.shape[1:-1], spatial, strict=True)]
+    index = tuple(slice(s, s + m) for s, m in zip(starts, spatial, strict=True))
+    return x[(slice(None), *index, slice(None))]
+
+
+class UNet(nn.Module):
+    """U-Net; ``widths`` are the channels per level, top to bottom.
+
+    Attributes:
+      num_classes: output channels (logits per pixel).
+      widths: e.g. ``(64, 128, 256, 512, 1024)`` (paper) or ``(8, 16, 32)`` (tiny).
+      padding: 0 (paper, valid convs, output smaller than input) or 1 (same-size output).
+    """
+
+    num_classes: int = 2
+    widths: Sequence[int] = (64, 128, 256, 512, 1024)
+    padding: int = 0
+    impl: str = "custom"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        common = {"impl": self.impl, "dtype": self.dtype}
+
+        def double_conv(x, width, name):
+            for i in (1, 2):
+                x = Conv(width, (3, 3), padding=self.padding, name=f"{name}_conv{i}", **common)(x)
+                x = nn.relu(x)
+            return x
+
+        skips = []
+        for level, width in enumerate(self.widths[:-1]):
+            x = double_conv(x, width, f"down{level}")
+            skips.append(x)
+            x = MaxPool((2, 2), **common)(x)
+        x = double_conv(x, self.widths[-1], "bottom")
+        for level in reversed(range(len(self.widths) - 1)):
+            width = self.widths[level]
+            x = ConvTranspose(width, (2, 2), stride=2, name=f"up{level}_upconv", **common)(x)
+            skip = center_crop(skips[level], x.shape[1:-1])
+            x = double_conv(jnp.concatenate([skip, x], axis=-1), width, f"up{level}")
+        return Conv(self.num_classes, (1, 1), name="classifier", **common)(x)
+
+
+register_model(
+    "unet",
+    paper="Ronneberger, Fischer & Brox 2015, U-Net: convolutional networks for biomedical "
+    "image segmentation, MICCAI",
+    input_shape=(572, 572, 1),
+    min_input_size=188,
+    test_input_shape=(188, 188, 1),
+    default_num_classes=2,
+    task="segmentation",
+)(UNet)
