@@ -2,7 +2,7 @@
 # One-shot accelerator check for cnnjax (issue 9): < 8 minutes on one H100/H200, never hangs.
 #
 #   OUT=/some/dir experiments/accelerator_check.sh        # real run (GPU/TPU)
-#   CNNJAX_CHECK_TINY=1 OUT=/tmp/x experiments/accelerator_check.sh   # CPU smoke test (< 1 min)
+#   CNNJAX_CHECK_TINY=1 OUT=/tmp/x experiments/accelerator_check.sh   # CPU smoke test (1-4 min)
 #
 # Stages, each under `timeout` and skipped when the overall budget is spent:
 #   env      nvidia-smi, jax devices, versions                       -> summary.json
@@ -17,6 +17,12 @@
 #            the GPU (JAX_DEFAULT_MATMUL_PRECISION=highest: these tests check exactness)
 #   bench    `cnnjax bench train resnet20` batch 128 (custom, xla, f32, bf16, torch twin)
 #                                                                    -> bench_small.json
+# On this workplace's lent H200 (no internet; its python3 has jax 0.11 + CUDA, flax, optax,
+# orbax, torch, pytest, hypothesis, but not ml_collections), once, in the repo root here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux2014_x86_64 -d .whl ml-collections==1.1.0
+# then run it with carry [".whl"], timeout_s 540: `bash experiments/accelerator_check.sh`.
 # Everything printed also goes to $OUT/check.log. Env knobs: CNNJAX_CHECK_BUDGET_S (total
 # seconds, default 460), PYTHON (default python3), CNNJAX_CHECK_TINY=1.
 set -u -o pipefail
