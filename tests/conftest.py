@@ -10,6 +10,9 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Exactness tests compare float32 with oracles at tight tolerances: on a GPU/TPU the ops'
+# default precision (precision=None) would be TF32 / bf16 passes, so pin "highest" for them.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import pathlib
 

@@ -34,16 +34,18 @@ def test_tiny_check_runs_every_stage_and_writes_json(tmp_path):
     assert list(stages) == [
         "env",
         "import",
-        "bench_big_bf16",
-        "bench_big_f32",
+        "bench_big",
         "maxpool",
         "tests",
         "bench_small",
     ]
     assert all(s["status"] == "ok" for s in stages.values()), stages
     assert summary["env"]["backend"] == "cpu"
-    assert summary["bench_lenet5_bf16"][0]["variant"] == "jax custom bfloat16"
-    assert summary["bench_lenet5_f32"][0]["img_per_s"] > 0
+    big, small = summary["bench_big"], summary["bench_small"]
+    assert big["model"] == small["model"] == "lenet5"
+    assert [r["variant"] for r in big["results"]] == ["jax custom bfloat16", "jax custom float32"]
+    assert [r["variant"] for r in small["results"]] == ["jax xla float32"]
+    assert all(r["img_per_s"] > 0 for r in big["results"] + small["results"])
     det = summary["maxpool_determinism"]
     assert det["bitwise_equal_across_processes"] and det["bitwise_equal_within_process"]
     assert det["max_abs_diff_vs_xla_autodiff"] < 1e-5

@@ -93,6 +93,13 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="H = W in pixels (default: the paper's)")
     p.add_argument("--num-classes", type=int, help="classes (default: the paper's)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
+    p.add_argument(
+        "--compile-threads",
+        type=int,
+        default=1,
+        help="compile the JAX variants in this many threads (default 1; compile s then "
+        "includes waiting)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
     p.set_defaults(bench_module="train")
 

@@ -14,6 +14,7 @@ decay 5e-4 on kernels (ndim > 1), in both frameworks. The process-wide device pe
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -144,6 +145,8 @@ def torch_variant(
         momentum=MOMENTUM,
     )
     autocast = dtype == "bfloat16"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # cuDNN autotuning, as XLA autotunes its convs
 
     def one_step(inputs):
         opt.zero_grad(set_to_none=True)
@@ -198,6 +201,7 @@ def run(
     image_size: int | None = None,
     num_classes: int | None = None,
     use_torch: bool = True,
+    compile_threads: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Build, compile and time every variant; returns ``{"meta": ..., "results": [rows]}``."""
@@ -218,21 +222,27 @@ def run(
     shape = (size, size, c)
     num_classes = num_classes or info.default_num_classes
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jobs = [(dtype, impl) for dtype in dtypes for impl in impls]
+    build = functools.partial(
+        jax_variant,
+        model_name,
+        precision=precision,
+        batch=batch,
+        shape=shape,
+        num_classes=num_classes,
+    )
+    log(f"compiling {len(jobs)} JAX variant(s) with {compile_threads} thread(s) ...")
+    # XLA compiles release the GIL: on a many-core host, threads cut the wall time of compiling
+    # several variants (each one's compile_s then includes waiting for a core).
+    with concurrent.futures.ThreadPoolExecutor(max(1, compile_threads)) as pool:
+        futures = {job: pool.submit(build, impl=job[1], dtype=job[0]) for job in jobs}
+        built = {job: f.result() for job, f in futures.items()}
     variants: list[Variant] = []
     for dtype in dtypes:
         for impl in impls:
-            log(f"compiling jax {impl} {dtype} ...")
-            variants.append(
-                jax_variant(
-                    model_name,
-                    impl=impl,
-                    dtype=dtype,
-                    precision=precision,
-                    batch=batch,
-                    shape=shape,
-                    num_classes=num_classes,
-                )
-            )
+            v = built[(dtype, impl)]
+            log(f"  {v.name}: compiled in {v.compile_s:.1f} s, {v.memory_mb or 0:.0f} MiB")
+            variants.append(v)
         if use_torch:
             v = torch_variant(
                 model_name,
@@ -247,6 +257,7 @@ def run(
     for v in variants:
         if warmup:
             v.step(warmup)
+    log(f"timing {repeats} round(s) of {steps} step(s) per variant ...")
     for r in range(repeats):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
@@ -328,6 +339,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         num_classes=args.num_classes,
         use_torch=not args.no_torch,
+        compile_threads=args.compile_threads,
         log=(lambda s: None) if args.quiet else print,
     )
     report.emit(result, COLUMNS, args, title=f"bench train {args.model}")
