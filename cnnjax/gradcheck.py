@@ -316,6 +316,7 @@ def check_op(
     """
     import time
 
+    import jax
     import jax.numpy as jnp
 
     start = time.perf_counter()
@@ -335,7 +336,10 @@ def check_op(
             arrays = case.arrays
         low = tuple(jnp.asarray(a, dtype) for a in arrays)
         wide = tuple(a.astype(jnp.float64) for a in low)
-        y_shape = case.call(*wide, impl="xla").shape
+        try:
+            y_shape = jax.eval_shape(lambda *a, case=case: case.call(*a, impl="xla"), *wide).shape
+        except ValueError:
+            continue  # a configuration the op refuses (e.g. a dilated window over padding only)
         cotangent = jnp.asarray(rng.standard_normal(y_shape), dtype)
         if dtype == "float64":
             out = _evaluate(case, wide, cotangent, ("custom", "xla"))

@@ -276,6 +276,15 @@ def test_windowed_ops_refuse_empty_spatial_dims(name):
         call()
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dilated_max_pool_window_of_padding_only_raises(impl):
+    # Found by the fuzz: n = 1, window 2, dilation 2, padding 1: taps -1 and 1, both outside;
+    # the max was -inf.
+    with pytest.raises(ValueError, match=r"max_pool: window 0 of spatial dim 0 reads only padding"):
+        ops.max_pool(jnp.ones((1, 1, 2)), 2, 1, 1, 2, impl=impl)
+    assert ops.max_pool(jnp.ones((1, 2, 2)), 2, 1, 1, 2, impl=impl).shape == (1, 2, 2)
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Sizes that made XLA abort the process are refused first
 # --------------------------------------------------------------------------------------------

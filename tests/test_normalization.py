@@ -239,7 +239,7 @@ def test_forward_mode(name):
     ("call", "error", "match"),
     [
         (lambda x: local_response_norm(x, 0), ValueError, r"size must be an int >= 1, got 0"),
-        (lambda x: local_response_norm(x, 2.5), ValueError, r"size must be an int"),
+        (lambda x: local_response_norm(x, 2.5), TypeError, r"size must be an int"),
         (lambda x: local_response_norm(x, 3, alpha="a"), TypeError, r"alpha must be"),
         (lambda x: local_response_norm(x, 3, beta=float("nan")), ValueError, r"beta must be"),
         (lambda x: local_response_norm(x[0, 0], 3), ValueError, r"local_response_norm: x .*rank"),

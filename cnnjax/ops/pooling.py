@@ -341,6 +341,7 @@ def _window_geometry(
             )
         out.append(o)
         extra.append(max(0, (o - 1) * s + d * (k - 1) + 1 - (n + lo + hi)))
+        _check_windows_see_input(op, i, n, k, s, d, lo, o)
     extents = [
         n + lo + hi + d * (k - 1) + s
         for n, k, s, d, (lo, hi) in zip(spatial, window, stride, dilation, padding)
@@ -352,6 +353,24 @@ def _window_geometry(
         "per dim n + lo + hi + d*(k-1) + s",
     )
     return _Geometry(spatial, window, stride, dilation, padding, tuple(out), tuple(extra))
+
+
+def _check_windows_see_input(op: str, dim: int, n, k, s, d, lo, o) -> None:
+    """With dilation a window can fall entirely in the padding (taps ``j s - lo + t d`` all
+    outside ``[0, n)``); its max would be ``-inf``. PyTorch refuses such configurations too."""
+    if d == 1:
+        return  # with lo <= k // 2 every window holds at least one input
+    start = np.arange(o) * s - lo
+    t_min = np.maximum(0, -(start // d))  # first tap >= 0: ceil(-start / d)
+    t_max = np.minimum(k - 1, (n - 1 - start) // d)
+    empty = np.nonzero(t_min > t_max)[0]
+    if empty.size:
+        j = int(empty[0])
+        raise ValueError(
+            f"{op}: window {j} of spatial dim {dim} reads only padding: its taps "
+            f"j*s - lo + t*d = {j}*{s} - {lo} + t*{d} (t < {k}) all lie outside [0, n) = "
+            f"[0, {n}); use less padding or dilation"
+        )
 
 
 def _floating(op: str, x) -> jax.Array:
