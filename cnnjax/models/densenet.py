@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import ops
-from cnnjax.layers import AvgPool, Conv, MaxPool, check_input_size
+from cnnjax.layers import AvgPool, BatchNorm, Conv, MaxPool, check_input_size
 from cnnjax.models.registry import register_model
 
 __all__ = [
@@ -57,7 +57,7 @@ _PAPER = (
 
 def _bn_relu(module: nn.Module, x: jax.Array, train: bool, name: str) -> jax.Array:
     """BatchNorm (with the module's BN fields) then ReLU, created inside ``module``."""
-    norm = nn.BatchNorm(
+    norm = BatchNorm(
         use_running_average=not train,
         momentum=module.bn_momentum,
         epsilon=module.bn_epsilon,
@@ -186,7 +186,7 @@ class DenseNet(nn.Module):
             "dtype": self.dtype,
         }
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,

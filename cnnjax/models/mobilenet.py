@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax import ops
-from cnnjax.layers import Conv, DepthwiseConv, check_input_size
+from cnnjax.layers import BatchNorm, Conv, DepthwiseConv, check_input_size
 from cnnjax.models.registry import register_model
 
 __all__ = ["MOBILENET_V1_BLOCKS", "MobileNetV1", "SeparableBlock", "mobilenet_v1"]
@@ -72,7 +72,7 @@ class SeparableBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -160,7 +160,7 @@ class MobileNetV1(nn.Module):
             name="conv1",
             precision=self.precision,
         )(x)
-        x = nn.BatchNorm(
+        x = BatchNorm(
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import ops
-from cnnjax.layers import Conv, MaxPool, check_input_size
+from cnnjax.layers import BatchNorm, Conv, MaxPool, check_input_size
 from cnnjax.models.registry import register_model
 
 __all__ = [
@@ -106,8 +106,8 @@ class _BlockFields(nn.Module):
             precision=self.precision,
         )
 
-    def _norm(self, train: bool, name: str, zero: bool = False) -> nn.BatchNorm:
-        return nn.BatchNorm(
+    def _norm(self, train: bool, name: str, zero: bool = False) -> BatchNorm:
+        return BatchNorm(
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -226,7 +226,7 @@ class ResNet(nn.Module):
                 f"{tuple(self.stage_widths)} must have the same length"
             )
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,

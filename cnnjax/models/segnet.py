@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax import ops
-from cnnjax.layers import Conv
+from cnnjax.layers import BatchNorm, Conv
 from cnnjax.models.registry import register_model
 
 __all__ = ["SEGNET_ENCODER", "SegNet"]
@@ -50,7 +50,7 @@ class SegNet(nn.Module):
 
         def conv_bn_relu(x, width, name):
             x = Conv(width, (3, 3), padding=1, name=name, **common)(x)
-            x = nn.BatchNorm(
+            x = BatchNorm(
                 use_running_average=not train,
                 momentum=0.9,
                 epsilon=1e-5,

@@ -29,7 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from cnnjax.layers import AdaptiveAvgPool, Conv, MaxPool, check_input_size
+from cnnjax.layers import AdaptiveAvgPool, BatchNorm, Conv, MaxPool, check_input_size
 from cnnjax.models.registry import register_model
 
 __all__ = ["VGG", "VGG_CONFIGS"]
@@ -83,7 +83,7 @@ class VGG(nn.Module):
                 continue
             x = Conv(item, (3, 3), padding=1, kernel_init=init, name=f"conv{i}", **conv_kw)(x)
             if self.batch_norm:
-                x = nn.BatchNorm(
+                x = BatchNorm(
                     use_running_average=not train,
                     momentum=0.9,
                     epsilon=1e-5,
