@@ -52,10 +52,11 @@ class UNet(nn.Module):
     padding: int = 0
     impl: str = "custom"
     dtype: Any = None
+    precision: Any = None  # conv precision (cnnjax.ops.conv), None = the backend default
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        common = {"impl": self.impl, "dtype": self.dtype}
+        common = {"impl": self.impl, "dtype": self.dtype, "precision": self.precision}
 
         def double_conv(x, width, name):
             for i in (1, 2):
