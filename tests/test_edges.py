@@ -452,3 +452,14 @@ def test_batchnorm_refuses_one_value_per_channel_in_training():
         bn.apply(variables, jnp.ones((1, 1, 1, 4)), mutable=["batch_stats"])
     frozen = layers.BatchNorm(use_running_average=True)
     assert frozen.apply(variables, jnp.ones((1, 1, 1, 4))).shape == (1, 1, 1, 4)
+
+
+@pytest.mark.parametrize("impl", ["custom", "xla"])
+def test_max_unpool_of_an_empty_batch_or_channel_axis_is_empty(impl):
+    # Found by the fuzz: reshaping with -1 divided by zero for N = 0 or C = 0.
+    for shape in ((0, 4, 4, 2), (2, 4, 4, 0)):
+        x = jnp.zeros(shape)
+        y, idx = ops.max_pool(x, 2, return_indices=True)
+        z, vjp = jax.vjp(lambda y, idx=idx: ops.max_unpool(y, idx, 2, impl=impl), y)
+        assert z.shape == shape
+        assert vjp(jnp.ones(shape))[0].shape == y.shape

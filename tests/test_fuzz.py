@@ -20,6 +20,7 @@ tests/test_fuzz.py`` draws ``SLOW_EXAMPLES`` per op (over 2,000). Counts are pri
 from __future__ import annotations
 
 import collections
+import math
 
 import jax
 import jax.numpy as jnp
@@ -257,6 +258,42 @@ def _norm_call(draw, op):
     return Call(op, run, (x,), expected, bad)
 
 
+def _unpool_call(draw, op):
+    """max_unpool of a max_pool's switches (valid pool geometry by construction; the unpool's
+    own window may be made invalid, and the default output size may be too small for the
+    switches, which must then raise)."""
+    nd = draw(st.integers(1, 3))
+    window = tuple(_int(draw, 1, 3) for _ in range(nd))
+    stride = tuple(_int(draw, 1, 3) for _ in range(nd)) if draw(st.booleans()) else None
+    padding = tuple(draw(st.integers(0, int(k) // 2)) for k in window)
+    n = 2 if draw(st.integers(0, 9)) else draw(st.integers(0, 1))
+    spatial = tuple(int(k) + draw(st.integers(0, 3)) for k in window)
+    c = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.permutation(n * math.prod(spatial) * c).reshape(n, *spatial, c) * 1.0
+    y, idx = ops.max_pool(jnp.asarray(x), window, stride, padding, return_indices=True)
+    y, idx = np.asarray(y), np.asarray(idx)
+    strides = window if stride is None else stride
+    explicit = draw(st.booleans())
+    out = (
+        spatial
+        if explicit
+        else tuple(
+            (m - 1) * int(s) - 2 * p + int(k)
+            for m, k, s, p in zip(y.shape[1:-1], window, strides, padding)
+        )
+    )
+    unpool_window, bad = _maybe_bad(draw, "window", window)
+    fits = idx.size == 0 or int(idx.max()) < math.prod(out)
+    expected = (n, *out, c) if bad is None and fits else None
+
+    def run(impl, y):
+        shape = spatial if explicit else None
+        return ops.max_unpool(y, idx, unpool_window, stride, padding, shape, impl=impl)
+
+    return Call(op, run, (y,), expected, bad)
+
+
 MAKERS = {
     "conv": _conv_call,
     "conv_transpose": _conv_call,
@@ -269,6 +306,7 @@ MAKERS = {
     "global_max_pool": _global_call,
     "local_response_norm": _norm_call,
     "local_contrast_norm": _norm_call,
+    "max_unpool": _unpool_call,
 }
 
 

@@ -135,7 +135,8 @@ def _unpool_config(y, indices, window, stride, padding, output_shape) -> _Unpool
 
 
 def _flat(a: jax.Array) -> jax.Array:
-    return a.reshape(a.shape[0], -1, a.shape[-1])
+    # Explicit sizes: ``-1`` cannot be inferred for an empty batch or channel axis.
+    return a.reshape(a.shape[0], math.prod(a.shape[1:-1]), a.shape[-1])
 
 
 def _unpool_scatter(y: jax.Array, indices: jax.Array, cfg: _UnpoolConfig) -> jax.Array:
