@@ -41,11 +41,12 @@ class SegNet(nn.Module):
     width_scale: float = 1.0
     impl: str = "custom"
     dtype: Any = None
+    precision: Any = None  # conv precision (see ``cnnjax.ops.canonicalize_precision``)
     bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        common = {"impl": self.impl, "dtype": self.dtype}
+        common = {"impl": self.impl, "dtype": self.dtype, "precision": self.precision}
         widths = [max(1, round(w * self.width_scale)) for w, _ in self.stages]
 
         def conv_bn_relu(x, width, name):
