@@ -185,3 +185,45 @@ def test_segmentation_step_skips_a_non_finite_batch():
     batch["image"] = jnp.ones((2, 8, 8, 1))
     new, metrics = step(state, batch)
     assert float(metrics["skipped"]) == 0 and float(metrics["count"]) == 2 * 8 * 8
+
+
+def test_sharded_segnet_steps_match_one_device():
+    """The segmentation steps under the loop's drivers: SegNet's BatchNorm (``bn_axis_name``)
+    uses global-batch statistics, so a sharded step equals the single-device one."""
+    from cnnjax.train.parallel import make_driver
+    from cnnjax.train.tasks import segmentation_eval_step
+
+    model = create_model("segnet", num_classes=3, stages=((4, 1), (8, 1)))
+    # SGD: Adam would turn the ~1e-9 gradient of the conv biases under BatchNorm (noise) into
+    # full-size steps, so biases would differ by lr-sized amounts between reduction orders
+    tx = optax.sgd(0.1)
+    init = jax.device_get(create_train_state(model, tx, seed=0, input_shape=(8, 8, 1)))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(8, 8, 8, 1)).astype(np.float32),
+        "label": rng.integers(0, 3, size=(8, 8, 8)).astype(np.int32),
+        "mask": np.ones(8, np.float32),
+    }
+    out = {}
+    for kind in ("none", "sharded"):
+        driver = make_driver(
+            kind,
+            functools.partial(segmentation_train_step, model=model, tx=tx),
+            functools.partial(segmentation_eval_step, model=model),
+        )
+        state = driver.place_state(init)
+        for _ in range(2):
+            state, metrics = driver.train_step(state, driver.put_batch(batch))
+            assert driver.host_state(metrics)["skipped"] == 0
+        confusion = driver.host_state(driver.eval_step(state, driver.put_batch(batch)))
+        out[kind] = driver.host_state(state), confusion["confusion"]
+    (one, c1), (sharded, c8) = out["none"], out["sharded"]
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), one.params, sharded.params)
+    assert max(jax.tree.leaves(diffs)) <= 1e-5
+    assert _max_stats_diff(one.batch_stats, sharded.batch_stats) <= 1e-5
+    np.testing.assert_array_equal(c1, c8)
+    assert c1.sum() == 8 * 8 * 8
+
+
+def _max_stats_diff(a, b) -> float:
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
