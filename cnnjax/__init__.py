@@ -41,6 +41,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'cnnjax' has no attribute {name!r}")
 
+
 __all__ = [
     "avg_pool",
     "conv",

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument(
         "--output",
-        help="confusion matrix PNG (default: WORKDIR/confusion_[DATASET_]test_stepSTEP.png)",
+        help="confusion matrix PNG (default: WORKDIR/confusion_[DATASET_]test_stepSTEP.png; "
+        "segmentation runs: masks PNG WORKDIR/masks_[DATASET_]test_stepSTEP.png)",
     )
     p.set_defaults(handler=_eval)
 
@@ -308,6 +309,8 @@ def _eval(args: argparse.Namespace) -> int:
     from cnnjax.viz import plot_confusion
 
     result = evaluate(args.workdir, dataset=args.dataset, step=args.step)
+    if result.task == "segmentation":
+        return _eval_segmentation(args, result)
     output = pathlib.Path(args.output or _confusion_path(args.workdir, args.dataset, result.step))
     dataset = args.dataset or load_workdir_config(args.workdir).dataset
     names = load_class_names(args.workdir)
@@ -322,6 +325,35 @@ def _eval(args: argparse.Namespace) -> int:
     print(
         f"step {result.step}: test accuracy {result.accuracy:.2%} ({errors} errors in "
         f"{result.count}), loss {result.loss:.4f}; confusion matrix {output}"
+    )
+    return 0
+
+
+def _eval_segmentation(args: argparse.Namespace, result) -> int:
+    """Print pixel accuracy, mean and per-class IoU; write image / truth / predicted masks."""
+    from cnnjax.data import load_class_names
+    from cnnjax.train import load_workdir_config
+    from cnnjax.viz import plot_segmentation
+
+    dataset = args.dataset or load_workdir_config(args.workdir).dataset
+    path = _confusion_path(args.workdir, args.dataset, result.step)
+    output = pathlib.Path(args.output or path.with_name(path.name.replace("confusion_", "masks_")))
+    shown = len(result.images)
+    plot_segmentation(
+        result.images,
+        result.labels[:shown],
+        result.predictions[:shown],
+        output,
+        num_classes=len(result.confusion),
+        title=f"{dataset}, test split, step {result.step}",
+    )
+    names = load_class_names(args.workdir) or []
+    names = names if len(names) == len(result.iou) else [str(i) for i in range(len(result.iou))]
+    per_class = ", ".join(f"{n} {x:.3f}" for n, x in zip(names, result.iou, strict=True))
+    print(
+        f"step {result.step}: test pixel accuracy {result.accuracy:.2%} ({result.count} "
+        f"pixels), mean IoU {result.mean_iou:.4f}, loss {result.loss:.4f}; masks {output}\n"
+        f"per-class IoU: {per_class}"
     )
     return 0
 

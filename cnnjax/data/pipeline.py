@@ -1,8 +1,8 @@
 """The one batch iterator every source goes through, and a background prefetch to device.
 
 Contract of :func:`batches`: it yields ``{"image": float32 (b, H, W, C), "label": int32 (b,)}``
-NumPy dicts, where ``b = batch_size // process_count`` is this process's share of the global
-batch.
+NumPy dicts (segmentation sets: ``(b, H, W)`` per-pixel labels, ``IGNORE_INDEX`` allowed),
+where ``b = batch_size // process_count`` is this process's share of the global batch.
 
 * **Order.** Training order is ``np.random.default_rng([seed, epoch]).permutation(N)``, cut into
   ``N // batch_size`` global batches (``drop_remainder``: the last partial batch is dropped, so
@@ -31,6 +31,8 @@ import numpy as np
 
 from cnnjax.data.augment import center_crop, crop, flip_horizontal, normalize, sample_augment_params
 from cnnjax.data.sources import Dataset, Source, check_labels
+
+IGNORE_INDEX = 255  # per-pixel label of unlabelled pixels (segmentation; cnnjax.train.tasks)
 
 __all__ = ["AugmentConfig", "batches", "num_batches", "prefetch_to_device"]
 
@@ -114,7 +116,12 @@ def batches(
         images, labels = source.get(idx)
         labels = np.asarray(labels, np.int32)
         if num_classes is not None:
-            check_labels(labels, num_classes, f"batch {b} (examples {idx[:4].tolist()}…)")
+            check_labels(
+                labels,
+                num_classes,
+                f"batch {b} (examples {idx[:4].tolist()}…)",
+                ignore_index=IGNORE_INDEX if labels.ndim > 1 else None,
+            )
         images = _augment(images, augment, train, [seed, epoch, b, 1], batch_size, lo)
         if normalize_images:
             images = normalize(images, mean, std)

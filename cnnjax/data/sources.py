@@ -252,14 +252,25 @@ def load_dataset(
     return ds
 
 
-def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
-    """Raise a ``ValueError`` naming the first label outside ``[0, num_classes)``."""
+def check_labels(
+    labels: np.ndarray, num_classes: int, where: str, *, ignore_index: int | None = None
+) -> None:
+    """Raise a ``ValueError`` naming the first label outside ``[0, num_classes)``.
+
+    ``labels`` is ``(N,)`` (one per example) or ``(N, H, W)`` (per pixel, segmentation); there
+    ``ignore_index`` (unlabelled pixels) is allowed too."""
     if labels.size == 0:
         return
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    bad = np.flatnonzero(bad)
     if bad.size:
+        example, *pixel = np.unravel_index(bad[0], labels.shape)
+        at = f" pixel {tuple(int(i) for i in pixel)}" if pixel else ""
         raise ValueError(
-            f"label {int(labels[bad[0]])} (example {int(bad[0])} of the {where}) is out of range "
+            f"label {int(labels.flat[bad[0]])} (example {int(example)}{at} of the {where}) is "
+            "out of range "
             f"for num_classes={num_classes}; labels must lie in [0, {num_classes}). "
             "Set num_classes to cover every label."
         )

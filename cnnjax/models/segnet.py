@@ -41,7 +41,7 @@ class SegNet(nn.Module):
     width_scale: float = 1.0
     impl: str = "custom"
     dtype: Any = None
-    precision: Any = None  # conv precision (cnnjax.ops.conv), None = the backend default
+    precision: Any = None  # conv precision (see ``cnnjax.ops.canonicalize_precision``)
     bn_axis_name: str | None = None
 
     @nn.compact

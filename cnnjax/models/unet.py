@@ -52,15 +52,16 @@ class UNet(nn.Module):
     padding: int = 0
     impl: str = "custom"
     dtype: Any = None
-    precision: Any = None  # conv precision (cnnjax.ops.conv), None = the backend default
+    precision: Any = None  # conv precision (see ``cnnjax.ops.canonicalize_precision``)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        common = {"impl": self.impl, "dtype": self.dtype, "precision": self.precision}
+        common = {"impl": self.impl, "dtype": self.dtype}
+        conv_kw = {**common, "precision": self.precision}
 
         def double_conv(x, width, name):
             for i in (1, 2):
-                x = Conv(width, (3, 3), padding=self.padding, name=f"{name}_conv{i}", **common)(x)
+                x = Conv(width, (3, 3), padding=self.padding, name=f"{name}_conv{i}", **conv_kw)(x)
                 x = nn.relu(x)
             return x
 
@@ -72,10 +73,10 @@ class UNet(nn.Module):
         x = double_conv(x, self.widths[-1], "bottom")
         for level in reversed(range(len(self.widths) - 1)):
             width = self.widths[level]
-            x = ConvTranspose(width, (2, 2), stride=2, name=f"up{level}_upconv", **common)(x)
+            x = ConvTranspose(width, (2, 2), stride=2, name=f"up{level}_upconv", **conv_kw)(x)
             skip = center_crop(skips[level], x.shape[1:-1])
             x = double_conv(jnp.concatenate([skip, x], axis=-1), width, f"up{level}")
-        return Conv(self.num_classes, (1, 1), name="classifier", **common)(x)
+        return Conv(self.num_classes, (1, 1), name="classifier", **conv_kw)(x)
 
 
 register_model(

@@ -29,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "lenet5"
     # Extra keyword arguments for the model's constructor (e.g. aux_logits=False for GoogLeNet).
     c.model_overrides = ml_collections.ConfigDict()
+    # classification | segmentation; None: the model's registry task (get_model_info(m).task)
+    c.task = config_dict.placeholder(str)
     c.impl = "custom"  # custom | xla, threaded to every cnnjax.ops call
     # compute dtype: float32 | bfloat16 | float16 (params stay float32; float16 adds dynamic
     # loss scaling)

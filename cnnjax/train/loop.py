@@ -29,6 +29,14 @@
 
 :func:`evaluate` restores a run's latest checkpoint and scores it on a split, with predictions
 for a confusion matrix.
+
+Task ``segmentation`` (``config.task``, default the model's registry task): the steps of
+:mod:`cnnjax.train.tasks` (per-pixel cross-entropy through the same guarded
+:func:`~cnnjax.train.steps.train_step`); labels are ``(N, H, W)`` masks; augmentation must be
+off (crop/flip would have to move the masks too); ``accuracy`` is the pixel accuracy, and every
+test record adds ``pixel_accuracy`` and ``mean_iou`` (the final one also per-class ``iou``,
+``null`` for a class absent from labels and predictions); :func:`evaluate` returns per-pixel
+predictions and labels.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ from cnnjax.train.optim import make_optimizer, make_schedule
 from cnnjax.train.parallel import Driver, initialize_distributed, make_driver
 from cnnjax.train.state import TrainState, create_train_state
 from cnnjax.train.steps import eval_step, train_step
+from cnnjax.train.tasks import iou_from_confusion, segmentation_eval_step, segmentation_train_step
 from cnnjax.train.workdir import check_run, finished_test_metrics, preflight
 
 __all__ = [
@@ -99,7 +108,12 @@ class TrainResult:
 
 @dataclasses.dataclass
 class EvalResult:
-    """Test metrics, per-example predictions and labels, and the ``K × K`` confusion matrix."""
+    """Test metrics, per-example predictions and labels, and the ``K × K`` confusion matrix.
+
+    Segmentation: ``predictions`` / ``labels`` are ``(N, H', W')`` masks (labels centre-cropped
+    to the logits; unlabelled pixels keep ``IGNORE_INDEX``), ``accuracy`` is the pixel
+    accuracy and ``count`` the labelled pixels; ``mean_iou``, per-class ``iou`` and the first
+    raw test ``images`` are set."""
 
     loss: float
     accuracy: float
@@ -108,6 +122,10 @@ class EvalResult:
     labels: np.ndarray
     confusion: np.ndarray
     step: int
+    task: str = "classification"
+    mean_iou: float | None = None
+    iou: np.ndarray | None = None
+    images: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -126,6 +144,7 @@ class Run:
     eval_augment: AugmentConfig
     normalize_on_host: bool
     schedule: Callable[[int], Any] | None = None  # learning rate per optimiser update
+    task: str = "classification"  # or "segmentation"
 
     def initial_state(self) -> TrainState:
         """A fresh host (NumPy) train state from the config's seed."""
@@ -173,8 +192,9 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f'on_nonfinite must be "stop" or "skip", got {config.on_nonfinite!r}')
+    task = _check_task(config, info)
     if dataset is None:
-        dataset = _load_for_model(config, info)
+        dataset = _load_for_model(config, info, task)
     aug = config.augment
     crop = aug.crop_size
     input_shape = (crop, crop, dataset.image_shape[2]) if crop else tuple(dataset.image_shape)
@@ -231,7 +251,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         )
         preprocess = functools.partial(device_normalize, mean=dataset.mean, std=dataset.std)
     train_fn = functools.partial(
-        train_step,
+        segmentation_train_step if task == "segmentation" else train_step,
         model=model,
         tx=tx,
         label_smoothing=config.label_smoothing,
@@ -240,7 +260,10 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         augment=device_aug,
     )
     eval_fn = functools.partial(
-        eval_step, model=model, use_ema=opt.ema_decay is not None, preprocess=preprocess
+        segmentation_eval_step if task == "segmentation" else eval_step,
+        model=model,
+        use_ema=opt.ema_decay is not None,
+        preprocess=preprocess,
     )
     driver = make_driver(config.parallel, train_fn, eval_fn)
     if jax.process_count() > 1 and driver.kind == "none":
@@ -261,11 +284,40 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         eval_augment=AugmentConfig(crop_size=crop),
         normalize_on_host=not aug.on_device,
         schedule=schedule,
+        task=task,
     )
 
 
-def _load_for_model(config, info) -> Dataset:
-    """Load ``config.dataset``, fitted to the model's paper input when natively too small."""
+TASKS = ("classification", "segmentation")
+
+
+def _check_task(config, info) -> str:
+    """``config.task`` (default: the model's) checked against the model and the augmentation."""
+    task = config.get("task") or info.task
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task != info.task:
+        raise ValueError(
+            f"model {config.model!r} is a {info.task} model; it cannot train task={task!r}"
+        )
+    aug = config.augment
+    if task == "segmentation" and (aug.padding or aug.flip or aug.crop_size):
+        raise ValueError(
+            "task=segmentation trains without augmentation (crop/flip would have to move the "
+            f"masks too); got augment.padding={aug.padding}, flip={aug.flip}, "
+            f"crop_size={aug.crop_size}"
+        )
+    if task == "segmentation" and config.label_smoothing:
+        raise ValueError(
+            f"label_smoothing is classification-only; got {config.label_smoothing} with "
+            "task=segmentation"
+        )
+    return task
+
+
+def _load_for_model(config, info, task: str = "classification") -> Dataset:
+    """Load ``config.dataset``, fitted to the model's paper input when natively too small
+    (classification only: resizing would not move segmentation masks)."""
     kwargs = dict(
         data_dir=config.data_dir,
         resize_mode=config.resize_mode,
@@ -275,7 +327,8 @@ def _load_for_model(config, info) -> Dataset:
         skip_bad_files=config.get("skip_bad_files", False),
     )
     dataset = load_dataset(config.dataset, image_size=config.image_size, **kwargs)
-    if config.image_size is None and dataset.image_shape[0] < info.min_input_size:
+    too_small = dataset.image_shape[0] < info.min_input_size
+    if config.image_size is None and too_small and task == "classification":
         dataset = load_dataset(config.dataset, image_size=info.input_shape[0], **kwargs)
     return dataset
 
@@ -325,7 +378,11 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _run_eval(run: Run, state, dataset: Dataset | None = None) -> dict[str, float]:
+def _run_eval(
+    run: Run, state, dataset: Dataset | None = None, *, per_class: bool = True
+) -> dict[str, float]:
+    """Mean loss and accuracy over the eval split; segmentation adds ``pixel_accuracy``,
+    ``mean_iou`` and (``per_class``) the per-class ``iou`` list (``None`` for absent classes)."""
     driver = run.driver
     total = None
     start = time.perf_counter()
@@ -334,16 +391,27 @@ def _run_eval(run: Run, state, dataset: Dataset | None = None) -> dict[str, floa
     ):
         m = driver.eval_step(state, batch)
         total = m if total is None else jax.tree.map(jnp.add, total, m)
+    confusion = total.pop("confusion", None)
     sums = driver.host_metrics(total)
     seconds = time.perf_counter() - start
     count = max(sums["count"], 1.0)
-    return {
+    images = len(dataset.test if dataset is not None else run.dataset.test)
+    result = {
         "loss": sums["loss"] / count,
         "accuracy": sums["correct"] / count,
         "count": int(sums["count"]),
-        "images_per_sec": sums["count"] / seconds if seconds > 0 else None,
+        "images_per_sec": (images if confusion is not None else sums["count"]) / seconds
+        if seconds > 0
+        else None,
         "eval_time": seconds,
     }
+    if confusion is not None:
+        scores = iou_from_confusion(np.asarray(driver.host_state(confusion)))
+        result["pixel_accuracy"] = scores["pixel_accuracy"]
+        result["mean_iou"] = scores["mean_iou"]
+        if per_class:
+            result["iou"] = [None if np.isnan(x) else float(x) for x in scores["iou"]]
+    return result
 
 
 @dataclasses.dataclass
@@ -394,7 +462,7 @@ def train(
     )
     _announce(session)
     with _StopRequest() as stop:
-        actions = [*_make_actions(session, progress), CheckStop(stop)]
+        actions = [*_make_actions(session, progress, loop), CheckStop(stop)]
         _step_loop(session, loop, actions, hooks)
         stop.saving = True  # signals from here on are noted, never fatal: the save completes
         if loop.stop_reason == "signal":
@@ -477,7 +545,7 @@ def _meta(session: _Session) -> dict:
     return {"model": session.config.model}
 
 
-def _make_actions(session: _Session, progress: Progress) -> list:
+def _make_actions(session: _Session, progress: Progress, loop: LoopState) -> list:
     """The periodic actions in the order they run after a step (see ``cnnjax.train.actions``)."""
     config, run = session.config, session.run
     spe, total = run.steps_per_epoch, run.total_steps
@@ -492,7 +560,7 @@ def _make_actions(session: _Session, progress: Progress) -> list:
             Every(spe, total, epochs=1),
             writer=session.writer,
             progress=progress,
-            evaluate=functools.partial(_run_eval, run),
+            evaluate=lambda state: _run_eval(run, state, per_class=loop.step >= total),
             lr=session.lr,
             eval_every=config.eval_every_epochs,
             total_steps=total,
@@ -548,8 +616,10 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
             "run the same command again to resume"
         )
     else:
+        unit = "pixels" if "mean_iou" in test else "images"
+        iou = f", mean IoU {test['mean_iou']:.4f}" if "mean_iou" in test else ""
         session.say(
-            f"test accuracy {test['accuracy']:.2%} ({test['count']} images, "
+            f"test accuracy {test['accuracy']:.2%} ({test['count']} {unit}{iou}, "
             f"loss {test['loss']:.4f}); checkpoint {ckpt_path}"
         )
     return TrainResult(
@@ -658,6 +728,8 @@ def evaluate(
         logits = run.model.apply(variables, images, train=False).astype(jnp.float32)
         return logits
 
+    if run.task == "segmentation":
+        return _evaluate_segmentation(run, variables, predict, int(state.step))
     predictions, labels, losses = [], [], []
     for batch in run.eval_batches():
         logits = np.asarray(predict(variables, batch["image"]))
@@ -679,6 +751,48 @@ def evaluate(
         labels=labels,
         confusion=confusion,
         step=int(state.step),
+    )
+
+
+def _evaluate_segmentation(run: Run, variables, predict, step: int) -> EvalResult:
+    """Per-pixel predictions, loss over labelled pixels, confusion and IoU on the test split."""
+    from cnnjax.data.pipeline import IGNORE_INDEX
+    from cnnjax.train.tasks import _crop_labels
+
+    k = run.dataset.num_classes
+    predictions, labels = [], []
+    confusion = np.zeros((k, k), np.int64)
+    loss_sum = 0.0
+    for batch in run.eval_batches():
+        logits = np.asarray(predict(variables, batch["image"]))
+        keep = batch["mask"] > 0
+        logits = logits[keep]
+        y = np.asarray(_crop_labels(batch["label"][keep], logits.shape[1:-1]))
+        valid = y != IGNORE_INDEX
+        safe = np.where(valid, y, 0)
+        log_probs = logits - _logsumexp(logits)
+        picked = np.take_along_axis(log_probs, safe[..., None], -1)[..., 0]
+        loss_sum -= float(picked[valid].sum())
+        pred = np.argmax(logits, -1)
+        np.add.at(confusion, (y[valid], pred[valid]), 1)
+        predictions.append(pred)
+        labels.append(y)
+    scores = iou_from_confusion(confusion)
+    count = int(confusion.sum())
+    shown = np.arange(min(8, len(run.dataset.test)))
+    images = np.asarray(run.dataset.test.get(shown)[0])
+    return EvalResult(
+        loss=loss_sum / max(count, 1),
+        accuracy=scores["pixel_accuracy"],
+        count=count,
+        predictions=np.concatenate(predictions),
+        labels=np.concatenate(labels),
+        confusion=confusion,
+        step=step,
+        task="segmentation",
+        mean_iou=scores["mean_iou"],
+        iou=scores["iou"],
+        images=images,
     )
 
 

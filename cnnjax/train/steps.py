@@ -22,6 +22,12 @@ and no loss scale is left to lower). With float16 compute (``opt_state`` a
 :class:`~cnnjax.train.optim.LossScaleState`) the loss is multiplied by the dynamic loss scale
 before differentiation and the gradients divided by it; an overflow halves the scale and skips
 the step without counting as a divergence while the scale is above 1.
+
+Other tasks: ``objective(logits, labels) -> (mean loss, metric sums)`` replaces the
+classification loss and sums in :func:`train_step` (guard, loss scaling, EMA and device
+augmentation unchanged; auxiliary heads are classification-only), and
+``metrics_fn(logits, labels, mask) -> metric sums`` those of :func:`eval_step`
+(:mod:`cnnjax.train.tasks`: segmentation).
 """
 
 from __future__ import annotations
@@ -58,8 +64,10 @@ def cross_entropy(
 
 def _bind_axis(model: nn.Module, axis_name: str | None) -> nn.Module:
     """Clone a model that has an ``axis_name`` field (BatchNorm) with ours: cross-device stats."""
-    if axis_name is not None and "axis_name" in getattr(model, "__dataclass_fields__", {}):
-        return model.clone(axis_name=axis_name)
+    fields = getattr(model, "__dataclass_fields__", {})
+    for field in ("axis_name", "bn_axis_name"):
+        if axis_name is not None and field in fields:
+            return model.clone(**{field: axis_name})
     return model
 
 
@@ -84,6 +92,7 @@ def train_step(
     aux_loss_weight: float = 0.3,
     ema_decay: float | None = None,
     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    objective: Callable[[jax.Array, jax.Array], tuple[jax.Array, Metrics]] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on ``batch`` ``{"image": (N, H, W, C), "label": (N,)}``.
 
@@ -112,6 +121,10 @@ def train_step(
         )
         out, updates = out if has_stats else (out, {})
         logits, aux = out if isinstance(out, tuple) else (out, ())
+        if objective is not None:
+            total, sums = objective(logits, labels)
+            total = total * loss_scale.scale if loss_scale is not None else total
+            return total, (logits, sums, updates.get("batch_stats", {}))
         losses = cross_entropy(logits, labels, label_smoothing=label_smoothing)
         total = jnp.mean(losses)
         for head in jax.tree.leaves(aux):
@@ -135,11 +148,14 @@ def train_step(
         ema_params = jax.tree.map(
             lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params, params
         )
-    metrics = {
-        "loss": jnp.sum(losses),
-        "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
-        "count": jnp.asarray(labels.shape[0], jnp.float32),
-    }
+    if objective is not None:
+        metrics = losses  # the objective's metric sums
+    else:
+        metrics = {
+            "loss": jnp.sum(losses),
+            "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+            "count": jnp.asarray(labels.shape[0], jnp.float32),
+        }
     if axis_name is not None:
         metrics = jax.lax.psum(metrics, axis_name)
     # After the pmean / psum: every device takes the same decision.
@@ -170,6 +186,7 @@ def eval_step(
     axis_name: str | None = None,
     use_ema: bool = False,
     preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    metrics_fn: Callable[[jax.Array, jax.Array, jax.Array], Metrics] | None = None,
 ) -> Metrics:
     """Metric sums ``loss``, ``correct``, ``count`` over the batch, weighted by ``batch["mask"]``.
 
@@ -180,15 +197,18 @@ def eval_step(
     if preprocess is not None:
         images = preprocess(images)
     mask = batch.get("mask")
-    mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    mask = jnp.ones(labels.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
     params = state.ema_params if use_ema and state.ema_params is not None else state.params
     logits = model.apply(_variables(params, state.batch_stats), images, train=False)
-    losses = cross_entropy(logits, labels)
-    metrics = {
-        "loss": jnp.sum(losses * mask),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-        "count": jnp.sum(mask),
-    }
+    if metrics_fn is not None:
+        metrics = metrics_fn(logits, labels, mask)
+    else:
+        losses = cross_entropy(logits, labels)
+        metrics = {
+            "loss": jnp.sum(losses * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "count": jnp.sum(mask),
+        }
     if axis_name is not None:
         metrics = jax.lax.psum(metrics, axis_name)
     return metrics

@@ -16,13 +16,17 @@ is the model's output size (the label is centre-cropped to it, for U-Net's valid
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnnjax.data.pipeline import IGNORE_INDEX
 from cnnjax.train.state import TrainState
+from cnnjax.train.steps import eval_step, train_step
 
 __all__ = [
     "IGNORE_INDEX",
@@ -30,10 +34,9 @@ __all__ = [
     "segmentation_eval_step",
     "segmentation_loss",
     "segmentation_metrics",
+    "segmentation_objective",
     "segmentation_train_step",
 ]
-
-IGNORE_INDEX = 255
 
 
 def _crop_labels(labels: jax.Array, spatial) -> jax.Array:
@@ -106,8 +109,17 @@ def iou_from_confusion(confusion: np.ndarray) -> dict[str, object]:
     }
 
 
-def _variables(params, batch_stats) -> dict:
-    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+def segmentation_objective(
+    logits: jax.Array, labels: jax.Array, *, ignore_index: int = IGNORE_INDEX
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``(mean labelled-pixel loss, metric sums)``: the ``objective`` of
+    :func:`cnnjax.train.steps.train_step` for segmentation."""
+    loss = segmentation_loss(logits, labels, ignore_index=ignore_index)
+    return loss, segmentation_metrics(logits, labels, ignore_index=ignore_index)
+
+
+def _eval_metrics(logits, labels, mask, *, ignore_index: int = IGNORE_INDEX):
+    return segmentation_metrics(logits, labels, ignore_index=ignore_index, weights=mask)
 
 
 def segmentation_train_step(
@@ -118,41 +130,18 @@ def segmentation_train_step(
     tx: optax.GradientTransformation,
     axis_name: str | None = None,
     ignore_index: int = IGNORE_INDEX,
+    **kwargs,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimiser step on the mean labelled-pixel cross-entropy; returns metric sums."""
-    if axis_name is not None and "bn_axis_name" in getattr(model, "__dataclass_fields__", {}):
-        model = model.clone(bn_axis_name=axis_name)
-    rng = jax.random.fold_in(state.rng, state.step)
-    has_stats = bool(state.batch_stats)
-    images, labels = batch["image"], batch["label"]
+    """One optimiser step on the mean labelled-pixel cross-entropy; returns metric sums.
 
-    def loss_fn(params):
-        out = model.apply(
-            _variables(params, state.batch_stats),
-            images,
-            train=True,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"] if has_stats else False,
-        )
-        logits, updates = out if has_stats else (out, {})
-        loss = segmentation_loss(logits, labels, ignore_index=ignore_index)
-        return loss, (logits, updates.get("batch_stats", {}))
-
-    grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    if axis_name is not None:
-        grads = jax.lax.pmean(grads, axis_name)
-        batch_stats = jax.lax.pmean(batch_stats, axis_name)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    metrics = segmentation_metrics(logits, labels, ignore_index=ignore_index)
-    if axis_name is not None:
-        metrics = jax.lax.psum(metrics, axis_name)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats,
-        opt_state=opt_state,
+    :func:`cnnjax.train.steps.train_step` with the segmentation ``objective``, so the
+    non-finite guard (``skipped`` / ``nonfinite`` sums), float16 loss scaling, EMA and device
+    augmentation (``kwargs``) apply unchanged.
+    """
+    objective = functools.partial(segmentation_objective, ignore_index=ignore_index)
+    return train_step(
+        state, batch, model=model, tx=tx, axis_name=axis_name, objective=objective, **kwargs
     )
-    return new_state, metrics
 
 
 def segmentation_eval_step(
@@ -162,12 +151,11 @@ def segmentation_eval_step(
     model: nn.Module,
     axis_name: str | None = None,
     ignore_index: int = IGNORE_INDEX,
+    **kwargs,
 ) -> dict[str, jax.Array]:
-    """Metric sums over the batch; padding examples (``batch["mask"] == 0``) count nothing."""
-    logits = model.apply(_variables(state.params, state.batch_stats), batch["image"], train=False)
-    metrics = segmentation_metrics(
-        logits, batch["label"], ignore_index=ignore_index, weights=batch.get("mask")
+    """Metric sums over the batch; padding examples (``batch["mask"] == 0``) count nothing.
+    ``kwargs`` (``use_ema``, ``preprocess``) go to :func:`cnnjax.train.steps.eval_step`."""
+    metrics_fn = functools.partial(_eval_metrics, ignore_index=ignore_index)
+    return eval_step(
+        state, batch, model=model, axis_name=axis_name, metrics_fn=metrics_fn, **kwargs
     )
-    if axis_name is not None:
-        metrics = jax.lax.psum(metrics, axis_name)
-    return metrics
