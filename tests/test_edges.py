@@ -452,3 +452,60 @@ def test_batchnorm_refuses_one_value_per_channel_in_training():
         bn.apply(variables, jnp.ones((1, 1, 1, 4)), mutable=["batch_stats"])
     frozen = layers.BatchNorm(use_running_average=True)
     assert frozen.apply(variables, jnp.ones((1, 1, 1, 4))).shape == (1, 1, 1, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Found in review of the issue-8 fixes
+# --------------------------------------------------------------------------------------------
+
+WRONG_BIAS = {
+    "conv": lambda x, b, impl: ops.conv(x, jnp.ones((3, 3, 2, 4)), b, impl=impl),
+    "conv_transpose": lambda x, b, impl: ops.conv_transpose(
+        x, jnp.ones((3, 3, 2, 4)), b, impl=impl
+    ),
+    "depthwise_conv": lambda x, b, impl: ops.depthwise_conv(
+        x, jnp.ones((3, 3, 1, 4)), b, impl=impl
+    ),
+    "separable_conv": lambda x, b, impl: ops.separable_conv(
+        x, jnp.ones((3, 3, 1, 4)), jnp.ones((1, 1, 4, 4)), b, impl=impl
+    ),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", WRONG_BIAS)
+def test_wrong_length_bias_names_the_op(name, impl):
+    # The message was "b must have shape (C_out,) = (4,), got (5,)" with no op named.
+    with pytest.raises(ValueError, match=rf"^{name}: b must have shape \(C_out,\) = \(4,\)"):
+        WRONG_BIAS[name](jnp.ones((1, 6, 6, 2)), jnp.ones(5), impl)
+
+
+def test_adaptive_avg_pool_output_size_edges():
+    x = jnp.ones((1, 6, 6, 2))
+    pool = lambda size, x=x: layers.AdaptiveAvgPool(size).apply({}, x)  # noqa: E731
+    # (0, 0) raised ZeroDivisionError; PyTorch returns the empty result.
+    assert pool((0, 0)).shape == (1, 0, 0, 2)
+    assert pool((0, 3)).shape == (1, 0, 3, 2)
+    # An int raised "'int' object is not iterable"; PyTorch takes it as the size of every dim.
+    np.testing.assert_array_equal(pool(2), pool((2, 2)))
+    assert pool(4).shape == (1, 4, 4, 2)
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool: output_size must be >= 0.*-1"):
+        pool((-1, 2))
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool: x must have shape"):
+        pool(2, jnp.ones((1, 0, 6, 2)))
+
+
+@pytest.mark.parametrize("size", [(3, 3), (4, 4)])
+def test_adaptive_avg_pool_refuses_integer_input_on_both_paths(size):
+    # 6 -> 3 (avg_pool) raised TypeError naming avg_pool; 6 -> 4 returned truncated int32.
+    x = jnp.arange(72, dtype=jnp.int32).reshape(1, 6, 6, 2)
+    with pytest.raises(TypeError, match=r"AdaptiveAvgPool: x must have a floating dtype"):
+        layers.AdaptiveAvgPool(size).apply({}, x)
+
+
+def test_batchnorm_refuses_an_empty_batch_in_training():
+    # N = 0 silently wrote NaN running statistics.
+    bn = layers.BatchNorm(use_running_average=False)
+    variables = bn.init(jax.random.key(0), jnp.ones((2, 3, 3, 4)))
+    with pytest.raises(ValueError, match=r"BatchNorm: .*shape \(0, 3, 3, 4\).*= 0\)"):
+        bn.apply(variables, jnp.ones((0, 3, 3, 4)), mutable=["batch_stats"])
