@@ -509,3 +509,38 @@ def test_batchnorm_refuses_an_empty_batch_in_training():
     variables = bn.init(jax.random.key(0), jnp.ones((2, 3, 3, 4)))
     with pytest.raises(ValueError, match=r"BatchNorm: .*shape \(0, 3, 3, 4\).*= 0\)"):
         bn.apply(variables, jnp.ones((0, 3, 3, 4)), mutable=["batch_stats"])
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), stride=2**64), r"conv: stride must be <="),
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), dilation=2**63), r"conv: dilation must be"),
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), padding=2**64), r"conv: padding must be <="),
+        (
+            lambda x: ops.conv_transpose(x, jnp.ones((1, 1, 1)), stride=2**64),
+            r"conv_transpose: stride must be <=",
+        ),
+        (lambda x: ops.max_pool(x, 2**64), r"max_pool: window must be <="),
+        (lambda x: ops.avg_pool(x, 1, stride=2**62), r"avg_pool: stride must be <="),
+        (lambda x: ops.lp_pool(x, 2, 1, stride=2**31), r"lp_pool: stride must be <="),
+    ],
+)
+def test_huge_arguments_raise_value_error_naming_op_and_argument(call, match):
+    # stride=2**64 raised OverflowError from inside JAX.
+    with pytest.raises(ValueError, match=match + r".*2\*\*31 - 1"):
+        call(jnp.ones((1, 3, 1)))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_largest_stride_is_accepted_by_conv_and_pools_alike(impl):
+    # max_pool refused stride=2**62 (and 2**31 - 1) while conv accepted it: one rule now.
+    x, s = jnp.ones((1, 3, 1)), 2**31 - 1
+    for fn, expected_grad in (
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), stride=s, impl=impl), [1.0, 0.0, 0.0]),
+        (lambda x: ops.max_pool(x, 1, stride=s, impl=impl), [1.0, 0.0, 0.0]),
+        (lambda x: ops.avg_pool(x, 2, stride=s, ceil_mode=True, impl=impl), [0.5, 0.5, 0.0]),
+    ):
+        y, grad = jax.value_and_grad(lambda x, fn=fn: jnp.sum(fn(x)))(x)
+        assert float(y) == 1.0
+        np.testing.assert_array_equal(f32(grad)[0, :, 0], expected_grad)

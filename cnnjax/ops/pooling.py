@@ -342,15 +342,17 @@ def _window_geometry(
         out.append(o)
         extra.append(max(0, (o - 1) * s + d * (k - 1) + 1 - (n + lo + hi)))
         _check_windows_see_input(op, i, n, k, s, d, lo, o)
+    # The same rule as conv: the padded extent (the ceil-mode extra padding < d*(k-1) + 1
+    # included) plus d*(k-1) for the backward pass.
     extents = [
-        n + lo + hi + d * (k - 1) + s
-        for n, k, s, d, (lo, hi) in zip(spatial, window, stride, dilation, padding)
+        n + lo + hi + e + d * (k - 1)
+        for n, k, d, (lo, hi), e in zip(spatial, window, dilation, padding, extra)
     ]
     check_extents(
         op,
         "padded input of the window reduction",
         (x.shape[0], *extents, x.shape[-1]),
-        "per dim n + lo + hi + d*(k-1) + s",
+        "per dim n + lo + hi + extra + d*(k-1)",
     )
     return _Geometry(spatial, window, stride, dilation, padding, tuple(out), tuple(extra))
 
