@@ -544,3 +544,15 @@ def test_the_largest_stride_is_accepted_by_conv_and_pools_alike(impl):
         y, grad = jax.value_and_grad(lambda x, fn=fn: jnp.sum(fn(x)))(x)
         assert float(y) == 1.0
         np.testing.assert_array_equal(f32(grad)[0, :, 0], expected_grad)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("value", [1e-3, 999.0])
+def test_lp_pool_large_p_range_documented_for_float64(value, impl):
+    """The docstring's range: p = 100 is finite and exact in float64 for 1e-3 < |x| < 1e3
+    (y = 2^(1/p) v over two equal values, dy/dx_i = (|x_i|/y)^(p-1) = 2^((1-p)/p))."""
+    with jax.enable_x64(True):
+        x = jnp.full((1, 4, 1), value, jnp.float64)
+        y, grad = jax.value_and_grad(lambda x: jnp.sum(ops.lp_pool(x, 100, 2, impl=impl)))(x)
+        np.testing.assert_allclose(float(y), 2 * 2 ** (1 / 100) * value, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(grad), 2 ** (-99 / 100), rtol=1e-12)
