@@ -61,6 +61,51 @@ def _conv_case(rng: np.random.Generator) -> Case | None:
     return Case(str(kw), (x, w, b), lambda x, w, b, impl: ops.conv(x, w, b, impl=impl, **kw))
 
 
+def _depthwise_geometry(rng: np.random.Generator):
+    """Random (x, w_depthwise, conv keywords) for depthwise/separable conv, or None."""
+    ndim = int(rng.integers(1, 4))
+    channels, multiplier = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    kernel = _spatial(rng, ndim, 1, 3)
+    stride, dilation = _spatial(rng, ndim, 1, 3), _spatial(rng, ndim, 1, 2)
+    padding = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(ndim))
+    spatial = _spatial(rng, ndim, 1, {1: 12, 2: 8, 3: 5}[ndim])
+    outs = [shapes.conv_output_size(*a) for a in zip(spatial, kernel, stride, padding, dilation)]
+    if min(outs) < 1:
+        return None
+    x = rng.standard_normal((2, *spatial, channels))
+    w = rng.standard_normal((*kernel, 1, channels * multiplier))
+    return x, w, dict(stride=stride, padding=padding, dilation=dilation)
+
+
+def _depthwise_conv_case(rng: np.random.Generator) -> Case | None:
+    from cnnjax import ops
+
+    geometry = _depthwise_geometry(rng)
+    if geometry is None:
+        return None
+    x, w, kw = geometry
+    b = rng.standard_normal((w.shape[-1],))
+    return Case(
+        str(kw), (x, w, b), lambda x, w, b, impl: ops.depthwise_conv(x, w, b, impl=impl, **kw)
+    )
+
+
+def _separable_conv_case(rng: np.random.Generator) -> Case | None:
+    """Arrays (x, w_depthwise, w_pointwise); the bias is the pointwise conv's, checked by conv."""
+    from cnnjax import ops
+
+    geometry = _depthwise_geometry(rng)
+    if geometry is None:
+        return None
+    x, wd, kw = geometry
+    wp = rng.standard_normal((*(1,) * (x.ndim - 2), wd.shape[-1], int(rng.integers(1, 4))))
+    return Case(
+        str(kw),
+        (x, wd, wp),
+        lambda x, wd, wp, impl: ops.separable_conv(x, wd, wp, impl=impl, **kw),
+    )
+
+
 def _conv_transpose_case(rng: np.random.Generator) -> Case | None:
     from cnnjax import ops
 
@@ -223,6 +268,8 @@ def _lcn_case(rng: np.random.Generator) -> Case:
 SWEEPS: dict[str, Callable[[np.random.Generator], Case | None]] = {
     "conv": _conv_case,
     "conv_transpose": _conv_transpose_case,
+    "depthwise_conv": _depthwise_conv_case,
+    "separable_conv": _separable_conv_case,
     "max_pool": _max_pool_case,
     "avg_pool": _avg_pool_case,
     "lp_pool": _lp_pool_case,
@@ -374,8 +421,49 @@ def _progress_printer(op: str, index: int, total_ops: int, cases: int, started: 
     return show
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """--cases: a check of 0 configurations checks nothing and must not print OK."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """--seed: NumPy seeds are non-negative ints."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+
+
+def _tolerance(text: str) -> float:
+    """--tol: finite and >= 0 (NaN would make every comparison fail, a negative one too)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="cnnjax gradcheck",
         description="Compare every op's hand-written VJP with JAX autodiff over random "
         "configurations (float64), or measure both impls' rounding error in a lower precision "
@@ -383,9 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--ops", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
     parser.add_argument(
-        "--cases", type=int, default=25, help="configurations per op (about 0.2 s each)"
+        "--cases",
+        type=_positive_int,
+        default=25,
+        help="configurations per op, >= 1 (about 0.2 s each)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="an int >= 0")
     parser.add_argument(
         "--dtype",
         choices=sorted(TOLERANCES),
@@ -400,7 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default on for float16/bfloat16)",
     )
     parser.add_argument(
-        "--tol", type=float, default=None, help="max allowed relative error (default per dtype)"
+        "--tol",
+        type=_tolerance,
+        default=None,
+        help="max allowed relative error, a finite number >= 0 (default per dtype)",
     )
     args = parser.parse_args(argv)
     tol = TOLERANCES[args.dtype] if args.tol is None else args.tol
@@ -448,7 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not worst <= tol:
             failed.append((op, worst, r.worst_case))
     print("-" * len(header))
-    print("arg0 is x; arg1/arg2 are w/b for conv and conv_transpose.")
+    print(
+        "arg0 is x; arg1/arg2 are w/b for conv, conv_transpose and depthwise_conv, "
+        "w_depthwise/w_pointwise for separable_conv."
+    )
     if failed:
         for op, worst, case in failed:
             print(f"FAIL {op}: relative error {worst:.3e} > {tol:.1e} at {case}")

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import ops
-from cnnjax.shapes import Padding
+from cnnjax.shapes import Padding, is_int
 
 __all__ = [
     "AdaptiveAvgPool",
@@ -424,7 +424,8 @@ class BatchNorm(nn.BatchNorm):
 
     In training (``use_running_average=False``) a channel seen once (``N * H * W == 1``) has
     variance 0 and normalises to 0 whatever the input; PyTorch raises "Expected more than 1
-    value per channel when training", and so does this (ValueError). With ``axis_name`` the
+    value per channel when training", and so does this (ValueError); so it does for an empty
+    batch (count 0), whose statistics would be NaN. With ``axis_name`` the
     statistics span devices, so only the per-device count is known and nothing is checked.
     """
 
@@ -435,10 +436,11 @@ class BatchNorm(nn.BatchNorm):
         axes = self.axis if isinstance(self.axis, Sequence) else (self.axis,)
         feature_axes = {a % x.ndim for a in axes}
         count = math.prod(n for i, n in enumerate(x.shape) if i not in feature_axes)
-        if not running and self.axis_name is None and count == 1:
+        if not running and self.axis_name is None and count <= 1:
+            # count 0 (an empty batch) would write NaN running statistics.
             raise ValueError(
                 f"BatchNorm: expected more than 1 value per channel when training, got input "
-                f"shape {tuple(x.shape)} (N * spatial = 1); use a batch of at least 2"
+                f"shape {tuple(x.shape)} (N * spatial = {count}); use a batch of at least 2"
             )
         return super().__call__(x, use_running_average, **kwargs)
 
@@ -519,7 +521,10 @@ class LpPool(_NoParams):
 class AdaptiveAvgPool(_NoParams):
     """Average pooling to a fixed ``output_size``, with PyTorch's ``adaptive_avg_pool`` windows.
 
-    ``(N, *spatial, C) -> (N, *output_size, C)``. Output index ``i`` of a dimension of length
+    ``(N, *spatial, C) -> (N, *output_size, C)``; ``output_size`` is an int (every spatial dim,
+    as PyTorch) or one int ``>= 0`` per dim (0 gives an empty dim, as PyTorch). Raises
+    TypeError for a non-floating ``x`` and ValueError for negative sizes or empty spatial dims.
+    Output index ``i`` of a dimension of length
     ``n`` averages inputs ``[floor(i*n/o), ceil((i+1)*n/o))``. Three cases:
 
     * ``n == o`` in every dimension: the identity (e.g. VGG at 224×224 pooled to 7×7);
@@ -530,22 +535,17 @@ class AdaptiveAvgPool(_NoParams):
       differentiates it).
     """
 
-    output_size: Sequence[int]
+    output_size: int | Sequence[int]
     impl: str = "custom"
     dtype: Dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self._cast(x)
+        x = _adaptive_input(self._cast(x))
         spatial = tuple(x.shape[1:-1])
-        output_size = tuple(self.output_size)
-        if len(output_size) != len(spatial):
-            raise ValueError(
-                f"AdaptiveAvgPool: output_size {output_size} needs {len(output_size)} spatial "
-                f"dims, got input shape {tuple(x.shape)}"
-            )
+        output_size = _adaptive_output_size(self.output_size, x.shape)
         if spatial == output_size:
             return x
-        if all(n % o == 0 for n, o in zip(spatial, output_size, strict=True)):
+        if all(o > 0 and n % o == 0 for n, o in zip(spatial, output_size, strict=True)):
             window = tuple(n // o for n, o in zip(spatial, output_size, strict=True))
             return ops.avg_pool(x, window, window, impl=self.impl)
         # The sums accumulate in float32 or wider and round once, at the end (as the ops do).
@@ -556,6 +556,49 @@ class AdaptiveAvgPool(_NoParams):
             y = jnp.tensordot(y, matrix, axes=([axis], [1]), precision=jax.lax.Precision.HIGHEST)
             y = jnp.moveaxis(y, -1, axis)
         return y.astype(dtype)
+
+
+def _adaptive_input(x) -> jax.Array:
+    """``x`` as a floating ``(N, *spatial, C)`` array with non-empty spatial dims (as PyTorch)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        # Both paths alike: avg_pool refuses integers, the matrix path would truncate them.
+        raise TypeError(
+            "AdaptiveAvgPool: x must have a floating dtype (float16, bfloat16, float32, "
+            f"float64), got {x.dtype}"
+        )
+    if x.ndim not in (3, 4, 5) or 0 in x.shape[1:-1]:
+        raise ValueError(
+            "AdaptiveAvgPool: x must have shape (N, *spatial, C) with 1-3 non-empty spatial "
+            f"dims, got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+def _adaptive_output_size(output_size, shape) -> tuple[int, ...]:
+    """An int (the same size in every spatial dim, as PyTorch) or one int >= 0 per spatial dim.
+
+    A size of 0 gives an empty output dimension (as PyTorch); negative sizes raise ValueError.
+    """
+    ndim = len(shape) - 2
+    sizes = (output_size,) * ndim if is_int(output_size) else output_size
+    try:
+        sizes = tuple(sizes)
+    except TypeError:
+        sizes = None
+    if sizes is None or not all(is_int(o) for o in sizes):
+        raise TypeError(
+            f"AdaptiveAvgPool: output_size must be an int or {ndim} ints, got {output_size!r}"
+        )
+    sizes = tuple(int(o) for o in sizes)
+    if len(sizes) != ndim:
+        raise ValueError(
+            f"AdaptiveAvgPool: output_size {sizes} needs {len(sizes)} spatial dims, got input "
+            f"shape {tuple(shape)}"
+        )
+    if min(sizes) < 0:
+        raise ValueError(f"AdaptiveAvgPool: output_size must be >= 0 per dim, got {sizes}")
+    return sizes
 
 
 def _adaptive_average_matrix(n: int, o: int) -> np.ndarray:

@@ -33,6 +33,20 @@ __all__ = [
 ]
 
 
+# The largest stride, dilation, padding or window entry any op accepts: XLA's CPU kernels index
+# extents with int32, and a Python int beyond int64 overflows inside JAX (OverflowError).
+# One rule for every op, checked at canonicalisation (the callers prefix the op name).
+MAX_ARGUMENT = 2**31 - 1
+
+
+def _check_magnitude(values, name: str, value) -> None:
+    if any(v > MAX_ARGUMENT for v in values):
+        raise ValueError(
+            f"{name} must be <= 2**31 - 1 (the largest extent XLA accepts) in every dimension, "
+            f"got {value!r}"
+        )
+
+
 def is_int(value) -> bool:
     """True for Python and NumPy integers (``np.int64(2)``), False for bools."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -64,6 +78,7 @@ def canonicalize_tuple(
     for v in values:
         if v < minimum:
             raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
+    _check_magnitude(values, name, value)
     return values
 
 
@@ -133,6 +148,7 @@ def canonicalize_padding(
     for lo, hi in pairs:
         if lo < 0 or hi < 0:
             raise ValueError(f"{name} must be non-negative, got {padding!r}")
+    _check_magnitude([v for pair in pairs for v in pair], name, padding)
     return pairs
 
 

@@ -463,3 +463,107 @@ def test_max_unpool_of_an_empty_batch_or_channel_axis_is_empty(impl):
         z, vjp = jax.vjp(lambda y, idx=idx: ops.max_unpool(y, idx, 2, impl=impl), y)
         assert z.shape == shape
         assert vjp(jnp.ones(shape))[0].shape == y.shape
+
+
+# --------------------------------------------------------------------------------------------
+# Found in review of the issue-8 fixes
+# --------------------------------------------------------------------------------------------
+
+WRONG_BIAS = {
+    "conv": lambda x, b, impl: ops.conv(x, jnp.ones((3, 3, 2, 4)), b, impl=impl),
+    "conv_transpose": lambda x, b, impl: ops.conv_transpose(
+        x, jnp.ones((3, 3, 2, 4)), b, impl=impl
+    ),
+    "depthwise_conv": lambda x, b, impl: ops.depthwise_conv(
+        x, jnp.ones((3, 3, 1, 4)), b, impl=impl
+    ),
+    "separable_conv": lambda x, b, impl: ops.separable_conv(
+        x, jnp.ones((3, 3, 1, 4)), jnp.ones((1, 1, 4, 4)), b, impl=impl
+    ),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", WRONG_BIAS)
+def test_wrong_length_bias_names_the_op(name, impl):
+    # The message was "b must have shape (C_out,) = (4,), got (5,)" with no op named.
+    with pytest.raises(ValueError, match=rf"^{name}: b must have shape \(C_out,\) = \(4,\)"):
+        WRONG_BIAS[name](jnp.ones((1, 6, 6, 2)), jnp.ones(5), impl)
+
+
+def test_adaptive_avg_pool_output_size_edges():
+    x = jnp.ones((1, 6, 6, 2))
+    pool = lambda size, x=x: layers.AdaptiveAvgPool(size).apply({}, x)  # noqa: E731
+    # (0, 0) raised ZeroDivisionError; PyTorch returns the empty result.
+    assert pool((0, 0)).shape == (1, 0, 0, 2)
+    assert pool((0, 3)).shape == (1, 0, 3, 2)
+    # An int raised "'int' object is not iterable"; PyTorch takes it as the size of every dim.
+    np.testing.assert_array_equal(pool(2), pool((2, 2)))
+    assert pool(4).shape == (1, 4, 4, 2)
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool: output_size must be >= 0.*-1"):
+        pool((-1, 2))
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool: x must have shape"):
+        pool(2, jnp.ones((1, 0, 6, 2)))
+
+
+@pytest.mark.parametrize("size", [(3, 3), (4, 4)])
+def test_adaptive_avg_pool_refuses_integer_input_on_both_paths(size):
+    # 6 -> 3 (avg_pool) raised TypeError naming avg_pool; 6 -> 4 returned truncated int32.
+    x = jnp.arange(72, dtype=jnp.int32).reshape(1, 6, 6, 2)
+    with pytest.raises(TypeError, match=r"AdaptiveAvgPool: x must have a floating dtype"):
+        layers.AdaptiveAvgPool(size).apply({}, x)
+
+
+def test_batchnorm_refuses_an_empty_batch_in_training():
+    # N = 0 silently wrote NaN running statistics.
+    bn = layers.BatchNorm(use_running_average=False)
+    variables = bn.init(jax.random.key(0), jnp.ones((2, 3, 3, 4)))
+    with pytest.raises(ValueError, match=r"BatchNorm: .*shape \(0, 3, 3, 4\).*= 0\)"):
+        bn.apply(variables, jnp.ones((0, 3, 3, 4)), mutable=["batch_stats"])
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), stride=2**64), r"conv: stride must be <="),
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), dilation=2**63), r"conv: dilation must be"),
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), padding=2**64), r"conv: padding must be <="),
+        (
+            lambda x: ops.conv_transpose(x, jnp.ones((1, 1, 1)), stride=2**64),
+            r"conv_transpose: stride must be <=",
+        ),
+        (lambda x: ops.max_pool(x, 2**64), r"max_pool: window must be <="),
+        (lambda x: ops.avg_pool(x, 1, stride=2**62), r"avg_pool: stride must be <="),
+        (lambda x: ops.lp_pool(x, 2, 1, stride=2**31), r"lp_pool: stride must be <="),
+    ],
+)
+def test_huge_arguments_raise_value_error_naming_op_and_argument(call, match):
+    # stride=2**64 raised OverflowError from inside JAX.
+    with pytest.raises(ValueError, match=match + r".*2\*\*31 - 1"):
+        call(jnp.ones((1, 3, 1)))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_largest_stride_is_accepted_by_conv_and_pools_alike(impl):
+    # max_pool refused stride=2**62 (and 2**31 - 1) while conv accepted it: one rule now.
+    x, s = jnp.ones((1, 3, 1)), 2**31 - 1
+    for fn, expected_grad in (
+        (lambda x: ops.conv(x, jnp.ones((1, 1, 1)), stride=s, impl=impl), [1.0, 0.0, 0.0]),
+        (lambda x: ops.max_pool(x, 1, stride=s, impl=impl), [1.0, 0.0, 0.0]),
+        (lambda x: ops.avg_pool(x, 2, stride=s, ceil_mode=True, impl=impl), [0.5, 0.5, 0.0]),
+    ):
+        y, grad = jax.value_and_grad(lambda x, fn=fn: jnp.sum(fn(x)))(x)
+        assert float(y) == 1.0
+        np.testing.assert_array_equal(f32(grad)[0, :, 0], expected_grad)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("value", [1e-3, 999.0])
+def test_lp_pool_large_p_range_documented_for_float64(value, impl):
+    """The docstring's range: p = 100 is finite and exact in float64 for 1e-3 < |x| < 1e3
+    (y = 2^(1/p) v over two equal values, dy/dx_i = (|x_i|/y)^(p-1) = 2^((1-p)/p))."""
+    with jax.enable_x64(True):
+        x = jnp.full((1, 4, 1), value, jnp.float64)
+        y, grad = jax.value_and_grad(lambda x: jnp.sum(ops.lp_pool(x, 100, 2, impl=impl)))(x)
+        np.testing.assert_allclose(float(y), 2 * 2 ** (1 / 100) * value, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(grad), 2 ** (-99 / 100), rtol=1e-12)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cnnjax import gradcheck
 from cnnjax.bench import ops as bench_ops
@@ -89,3 +92,34 @@ def test_relative_error_of_infinities_and_nan():
     inf = np.array([-np.inf, 1.0])
     assert gradcheck.relative_error(inf, inf) == 0.0
     assert gradcheck.relative_error(np.array([np.nan, 1.0]), np.array([0.0, 1.0])) == np.inf
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--cases", "0"], "--cases: must be an int >= 1"),
+        (["--cases", "-2"], "--cases: must be an int >= 1"),
+        (["--tol", "nan"], "--tol: must be a finite number >= 0"),
+        (["--tol", "-0.5"], "--tol: must be a finite number >= 0"),
+        (["--seed", "-1"], "--seed: must be an int >= 0"),
+    ],
+)
+def test_gradcheck_refuses_arguments_that_check_nothing(argv, match):
+    # --cases 0 printed "OK" after checking nothing; --tol nan failed every op; --seed -1 raised
+    # a NumPy traceback. Now: one line on stderr, exit status 2, nothing on stdout.
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnjax.cli", "gradcheck", "--ops", "conv", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], result.stderr
+
+
+def test_gradcheck_covers_depthwise_and_separable_conv(capsys):
+    assert gradcheck.main(["--ops", "depthwise_conv", "separable_conv", "--cases", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "depthwise_conv             2" in out and "separable_conv             2" in out

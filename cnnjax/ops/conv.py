@@ -138,7 +138,7 @@ def conv(
         "per dim n + lo + hi + d*(k-1)",
     )
     precision = canonicalize_precision(precision, op="conv")
-    x, w, b = _promote(x, w, b, op="conv")
+    x, w, b = _promote(x, w, b, op="conv", c_out=w.shape[-1])
     args = (stride_t, pads, dilation_t, groups, precision)
     if impl == "xla":
         return _add_bias(_conv_forward(x, w, *args), b)
@@ -230,7 +230,7 @@ def conv_transpose(
     # reduced by output_padding so that it sees exactly the out_spatial inputs it uses.
     conv_pads = tuple((lo, hi - op_) for (lo, hi), op_ in zip(pads, output_padding_t, strict=True))
     precision = canonicalize_precision(precision, op="conv_transpose")
-    x, w, b = _promote(x, w, b, op="conv_transpose")
+    x, w, b = _promote(x, w, b, op="conv_transpose", c_out=w.shape[-1] * groups)
     w_conv = jnp.swapaxes(w, -1, -2)  # (*k, C_out/groups, C_in): the kernel of that forward conv
     args = (tuple(out_spatial), stride_t, conv_pads, dilation_t, groups, precision)
     if impl == "xla":
@@ -585,13 +585,13 @@ def _check_kernel(x, w, ndim: int, groups: int, *, op: str, transpose: bool) -> 
     return kernel
 
 
-def _promote(x, w, b, *, op: str):
+def _promote(x, w, b, *, op: str, c_out: int):
     """Cast to one floating dtype (integer, bool, complex refused); check ``b`` is ``(C_out,)``."""
     x, w = as_floating(op, x, "x"), as_floating(op, w, "w")
     if b is not None:
         b = as_floating(op, b, "b")
-        if b.ndim != 1:
-            raise ValueError(f"{op}: b must have shape (C_out,), got {tuple(b.shape)}")
+        if b.shape != (c_out,):
+            raise ValueError(f"{op}: b must have shape (C_out,) = ({c_out},), got {tuple(b.shape)}")
     dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
     b = None if b is None else b.astype(dtype)
     return x.astype(dtype), w.astype(dtype), b

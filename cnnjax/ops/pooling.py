@@ -196,6 +196,16 @@ def lp_pool(
     autodiff through "double where" safe powers. The window sum accumulates in float32 (or
     wider) and rounds once.
 
+    Range (large ``p``): ``|x|^p`` and ``sum |x|^p`` are formed in the accumulation dtype
+    (float32 for float32/float16/bfloat16 input, float64 for float64), as PyTorch does, so they
+    overflow to ``inf`` once a window's ``sum |x|^p`` exceeds its largest finite value
+    (float32: about ``3.4e38``, i.e. ``max |x| > 3.4e38^(1/p)``: ``|x| > 2.4`` at ``p = 100``;
+    ``lp_pool(jnp.full((1, 4, 1), 10.), 100, 2)`` is ``inf`` with a NaN gradient, in PyTorch
+    too), and underflow to 0 below its smallest (float32: ``|x|^p < 1.4e-45``: ``|x| < 0.36``
+    at ``p = 100`` gives ``y = 0`` and no gradient). The gradient's ``y^(1-p)`` has the same
+    range. For large ``p`` compute in float64 (``p = 100``: finite for ``1e-3 < |x| < 1e3``),
+    scale the input, or use :func:`max_pool` (the limit ``p -> inf``).
+
     Args:
       x: ``(N, *spatial, C)`` floating array.
       p: the power, a finite number ``> 0`` (``p = 1`` is the sum of ``|x|``, ``p = 2`` L2
@@ -342,15 +352,17 @@ def _window_geometry(
         out.append(o)
         extra.append(max(0, (o - 1) * s + d * (k - 1) + 1 - (n + lo + hi)))
         _check_windows_see_input(op, i, n, k, s, d, lo, o)
+    # The same rule as conv: the padded extent (the ceil-mode extra padding < d*(k-1) + 1
+    # included) plus d*(k-1) for the backward pass.
     extents = [
-        n + lo + hi + d * (k - 1) + s
-        for n, k, s, d, (lo, hi) in zip(spatial, window, stride, dilation, padding)
+        n + lo + hi + e + d * (k - 1)
+        for n, k, d, (lo, hi), e in zip(spatial, window, dilation, padding, extra)
     ]
     check_extents(
         op,
         "padded input of the window reduction",
         (x.shape[0], *extents, x.shape[-1]),
-        "per dim n + lo + hi + d*(k-1) + s",
+        "per dim n + lo + hi + extra + d*(k-1)",
     )
     return _Geometry(spatial, window, stride, dilation, padding, tuple(out), tuple(extra))
 
