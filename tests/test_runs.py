@@ -78,7 +78,8 @@ def _snapshot(workdir):
     return {
         str(p.relative_to(workdir)): p.read_bytes()
         for p in sorted(workdir.rglob("*"))
-        if p.is_file() and "tensorboard" not in p.parts
+        # the lock file names the process that last held the workdir: it changes by design
+        if p.is_file() and "tensorboard" not in p.parts and p.name != ".cnnjax.lock"
     }
 
 
@@ -284,3 +285,24 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", "eval", str(tmp_path / "nothing")])
     with pytest.raises(FileNotFoundError):
         main(["eval", "--debug", str(tmp_path / "nothing")])
+
+
+def test_a_second_process_in_a_busy_workdir_is_refused(tmp_path, capsys):
+    # Found by a reviewer: two `cnnjax train` in one workdir both trained from step 0, saved into
+    # the same checkpoints/ and wrote every metrics record twice.
+    from cnnjax.train.workdir import lock_workdir
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    holder = lock_workdir(workdir)  # stands for a run in another process (flock is per open file)
+    try:
+        assert _train(workdir) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "is in use by cnnjax process" in err and "another --workdir" in err
+        assert not (workdir / "checkpoints").exists()
+        assert not (workdir / "config.json").exists()
+    finally:
+        holder.close()
+    assert _train(workdir, "--quiet") == 0  # released: the run goes ahead
+    assert (workdir / "config.json").exists()

@@ -76,7 +76,7 @@ from cnnjax.train.parallel import Driver, initialize_distributed, make_driver
 from cnnjax.train.state import TrainState, create_train_state
 from cnnjax.train.steps import eval_step, train_step
 from cnnjax.train.tasks import iou_from_confusion, segmentation_eval_step, segmentation_train_step
-from cnnjax.train.workdir import check_run, finished_test_metrics, preflight
+from cnnjax.train.workdir import check_run, finished_test_metrics, lock_workdir, preflight
 
 __all__ = [
     "EvalResult",
@@ -427,6 +427,7 @@ class _Session:
     writer: MetricsWriter
     contract: Any  # cnnjax.train.workdir's record of the run, committed once restore succeeds
     initial: TrainState  # the fresh host state (restored into, or trained from)
+    lock: Any = None  # the open WORKDIR/.cnnjax.lock (primary process), closed when train ends
 
     def say(self, text: str) -> None:
         if self.verbose and self.primary:
@@ -451,6 +452,14 @@ def train(
     Raises :class:`NonFiniteError` when the run diverges under ``on_nonfinite="stop"``.
     """
     session = _open_session(config, workdir, verbose)
+    try:
+        return _train_session(session, config, hooks, verbose)
+    finally:
+        if session.lock is not None:
+            session.lock.close()  # releases the workdir lock
+
+
+def _train_session(session: _Session, config, hooks, verbose: bool) -> TrainResult:
     loop = _restore(session)
     if session.checkpointer.restored_step is not None and loop.step >= session.run.total_steps:
         return _already_finished(session, loop)
@@ -494,13 +503,16 @@ def _open_session(config, workdir, verbose: bool) -> _Session:
         run = build_run(config, dataset=run.dataset)
     initial = run.initial_state()
     preflight(workdir, initial, primary=primary)
+    lock = lock_workdir(workdir, primary=primary)  # before orbax touches checkpoints/
     checkpointer = Checkpointer(
         workdir / "checkpoints",
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
     writer = MetricsWriter(workdir, enabled=primary)
-    return _Session(config, run, workdir, primary, verbose, checkpointer, writer, contract, initial)
+    return _Session(
+        config, run, workdir, primary, verbose, checkpointer, writer, contract, initial, lock
+    )
 
 
 def _restore(session: _Session) -> LoopState:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -44,8 +45,10 @@ import numpy as np
 __all__ = [
     "RunContract",
     "RunMismatch",
+    "WorkdirInUse",
     "check_run",
     "finished_test_metrics",
+    "lock_workdir",
     "preflight",
     "state_bytes",
     "write_json_atomic",
@@ -313,3 +316,42 @@ def _check_writable(directory: pathlib.Path) -> None:
 
 def _mb(count: int) -> str:
     return f"{count / 2**20:.1f} MiB"
+
+
+LOCK_FILE = ".cnnjax.lock"
+
+
+class WorkdirInUse(OSError):
+    """Another process is training in this workdir (it holds ``WORKDIR/.cnnjax.lock``)."""
+
+
+def lock_workdir(workdir: str | os.PathLike, *, primary: bool = True):
+    """Hold an exclusive lock on ``workdir`` for this run; returns the open lock file (close it
+    to release; the OS releases it when the process ends, however it ends).
+
+    Two runs in one workdir would train from the same checkpoint, save into the same
+    ``checkpoints/`` and write every metrics record twice; the second is refused instead
+    (:class:`WorkdirInUse`, one line naming the other process). ``fcntl.flock`` locks are
+    advisory and per open file: they hold on local disks and NFSv4; on a filesystem without
+    locks this check is silently weaker. Only the primary process locks (the others write
+    nothing there).
+    """
+    if not primary:
+        return None
+    path = pathlib.Path(workdir) / LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise WorkdirInUse(
+            f"workdir {workdir} is in use by {holder}; wait for that run to finish, or "
+            "use another --workdir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"cnnjax process {os.getpid()} on {os.uname().nodename}\n")
+    handle.flush()
+    return handle
