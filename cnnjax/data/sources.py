@@ -26,6 +26,11 @@ any TFDS name      through ``tfds.data_source`` (ArrayRecord, no TensorFlow need
                    beforehand from the manual download in ``data_dir``).
 =================  ==========================================================================
 
+Segmentation sets (per-pixel ``(N, H, W)`` labels, :mod:`cnnjax.data.segmentation`):
+``digits_seg`` (scenes of the digits, no download) and ``oxford_iiit_pet_seg`` (TFDS
+``oxford_iiit_pet`` trimaps as pet (0) / background (1) masks, border ignored (255), 128×128 by
+default).
+
 Fitting to a model's input (``image_size``): ``resize_mode="pad"`` centres the image in a zero
 field (LeNet-5's 28×28 MNIST digits in a 32×32 field, as in the paper), ``"resize"`` resamples
 bilinearly (images of varying size are first resized on the shorter side and centre-cropped),
@@ -85,7 +90,7 @@ _TFDS_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "svhn_cropped": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-_BUILTIN = ("digits", "digits_seg", "synthetic", "npz:PATH", "folder:PATH")
+_BUILTIN = ("digits", "digits_seg", "oxford_iiit_pet_seg", "synthetic", "npz:PATH", "folder:PATH")
 
 
 class Source(Protocol):
@@ -164,19 +169,24 @@ class FolderSource:
 
 
 class TFDSSource:
-    """A TFDS split read by ``tfds.data_source`` and decoded by a ``grain.MapDataset``."""
+    """A TFDS split read by ``tfds.data_source`` and decoded by a ``grain.MapDataset``.
+
+    :meth:`decode` turns one record into ``(image, label)``; subclasses override it for other
+    features (:class:`cnnjax.data.segmentation.PetSegmentationSource`: per-pixel masks)."""
 
     def __init__(self, data_source, fit: Callable[[np.ndarray], np.ndarray], threads: int = 8):
         import grain
 
-        def decode(record):
-            image = np.asarray(record["image"], np.uint8)
-            image = image[..., None] if image.ndim == 2 else image
-            return fit(image), np.int32(record["label"])
-
-        self._dataset = grain.MapDataset.source(data_source).map(decode)
+        self._fit = fit
+        self._dataset = grain.MapDataset.source(data_source).map(self.decode)
         self._threads = threads
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def decode(self, record) -> tuple[np.ndarray, np.ndarray]:
+        """``record["image"]`` fitted by ``fit`` (uint8 ``(H, W, C)``), ``record["label"]``."""
+        image = np.asarray(record["image"], np.uint8)
+        image = image[..., None] if image.ndim == 2 else image
+        return self._fit(image), np.int32(record["label"])
 
     def __len__(self) -> int:
         return len(self._dataset)
@@ -223,6 +233,10 @@ def load_dataset(
         from cnnjax.data.segmentation import load_digits_seg
 
         ds = load_digits_seg()
+    elif name == "oxford_iiit_pet_seg":  # trimaps as per-pixel labels: data/segmentation.py
+        from cnnjax.data.segmentation import load_oxford_iiit_pet_seg
+
+        ds = load_oxford_iiit_pet_seg(data_dir, image_size, resize_mode)
     elif name == "synthetic" or name.startswith("synthetic:"):
         ds = _load_synthetic(name, image_size, num_classes or 10, seed)
     elif name.startswith("npz:"):
@@ -608,6 +622,27 @@ def _drop_bad(paths, labels, root, skip: bool, num_train: int):
     return (parts[0][0], parts[1][0]), (parts[0][1], parts[1][1])
 
 
+def open_tfds_split(name: str, data_dir: str | None, *splits: str):
+    """``tfds.data_source`` of the first of ``splits`` that opens (no download), else a
+    ``FileNotFoundError`` that says how to prepare ``name`` once."""
+    import tensorflow_datasets as tfds
+
+    errors = []
+    for split in splits:
+        try:
+            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as e:  # tfds raises many types; re-raised below
+            errors.append(f"{split}: {type(e).__name__}: {e}")
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared in ArrayRecord format under "
+        f"{data_dir or tfds.core.constants.DATA_DIR!r}. Prepare it once with internet access "
+        f"(tfds build {name} --file_format=array_record"
+        + (" --manual_dir=DIR" if name.startswith("imagenet") else "")
+        + ") and pass --set data_dir=... . Details: "
+        + " | ".join(e.splitlines()[0] for e in errors)
+    )
+
+
 def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
     import tensorflow_datasets as tfds
 
@@ -629,22 +664,6 @@ def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
     native = features["image"].shape  # (H, W, C) with None for varying sizes
     channels = native[-1] or 3
 
-    def open_split(*splits: str):
-        errors = []
-        for split in splits:
-            try:
-                return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-            except Exception as e:  # tfds raises many types; re-raised below
-                errors.append(f"{split}: {type(e).__name__}: {e}")
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in ArrayRecord format under "
-            f"{data_dir or tfds.core.constants.DATA_DIR!r}. Prepare it once with internet access "
-            f"(tfds build {name} --file_format=array_record"
-            + (" --manual_dir=DIR" if name.startswith("imagenet") else "")
-            + ") and pass --set data_dir=... . Details: "
-            + " | ".join(e.splitlines()[0] for e in errors)
-        )
-
     if image_size is None and None in native[:2]:
         raise ValueError(f"{name} images vary in size: set image_size (e.g. 256 for ImageNet)")
     size = image_size
@@ -652,8 +671,8 @@ def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
     def fit(image: np.ndarray) -> np.ndarray:
         return fit_images(image[None], size, resize_mode)[0]
 
-    train = TFDSSource(open_split("train"), fit)
-    test = TFDSSource(open_split("test", "validation"), fit)
+    train = TFDSSource(open_tfds_split(name, data_dir, "train"), fit)
+    test = TFDSSource(open_tfds_split(name, data_dir, "test", "validation"), fit)
     image_shape = (size, size, channels) if size else tuple(native)
     if name in _TFDS_STATS:
         mean, std = _TFDS_STATS[name]
