@@ -289,6 +289,7 @@ def _finish(proc, timeout=240) -> str:
         raise
 
 
+@pytest.mark.slow  # the CI fault-injection chain (tests/test_faults.py) covers SIGTERM + resume
 def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)

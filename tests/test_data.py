@@ -231,3 +231,23 @@ def test_prefetch_preserves_order_and_reraises():
 
     with pytest.raises(RuntimeError, match="source broke"):
         list(prefetch_to_device(failing(), lambda b: b))
+
+
+def test_prefetch_thread_is_joined_when_the_consumer_stops():
+    # A run that stops mid-epoch closes the feed while the producer is inside ``put`` (a device
+    # transfer in C++). A daemon thread still there at interpreter exit aborted the process
+    # (exit 134, "FATAL: exception not rethrown") after a successful `cnnjax train`.
+    import threading
+    import time
+
+    from cnnjax.data import prefetch_to_device
+
+    def slow_put(batch):
+        time.sleep(0.3)
+        return batch
+
+    feed = prefetch_to_device(iter(range(10)), slow_put, 2)
+    assert next(feed) == 0
+    feed.close()
+    alive = [t for t in threading.enumerate() if t.name == "cnnjax-prefetch" and t.is_alive()]
+    assert not alive

@@ -166,7 +166,7 @@ def prefetch_to_device(
 
     A daemon thread pulls from ``iterator``, transfers, and queues; the consumer therefore never
     waits for the host as long as producing a batch is faster than a step. Exceptions raised while
-    producing are re-raised in the consumer; closing the generator stops the thread.
+    producing are re-raised in the consumer; closing the generator stops the thread and joins it.
     """
     buffer: queue.Queue = queue.Queue(maxsize=max(1, size))
     stop = threading.Event()
@@ -201,3 +201,7 @@ def prefetch_to_device(
             yield item
     finally:
         stop.set()
+        # Wait for the producer to leave ``put`` (a device transfer in C++): a daemon thread
+        # still inside it when the interpreter exits is killed mid-call and aborts the process
+        # ("terminate called ... FATAL: exception not rethrown", exit 134) after a good run.
+        thread.join(timeout=60)
