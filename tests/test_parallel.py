@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -156,49 +158,62 @@ def _env(devices: int, **extra) -> dict:
     return env
 
 
-def test_two_process_run_matches_one_process(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "multi.npz"), str(tmp_path / "multi")],
-            env=_env(
-                2,
-                CNNJAX_COORDINATOR=f"127.0.0.1:{port}",
-                CNNJAX_NUM_PROCESSES="2",
-                CNNJAX_PROCESS_ID=str(pid),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+def _start(script, args, env, log):
+    # Output goes to a file, not a pipe: a killed worker leaves no unclosed pipe behind (an
+    # unclosed pipe is a ResourceWarning, an error under filterwarnings=error, in whichever test
+    # the worker process happens to run next).
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(script), *args], env=env, stdout=out, stderr=subprocess.STDOUT
         )
-        for pid in range(2)
-    ]
-    procs.append(
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                str(tmp_path / "single.npz"),
-                str(tmp_path / "single"),
-                "parallel=none",
-            ],
-            env=_env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    )
-    outputs = []
+
+
+def _wait_all(procs, logs, timeout_s: float) -> list[str]:
+    deadline = time.monotonic() + timeout_s
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=300)[0])
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    return [pathlib.Path(log).read_text() for log in logs]
+
+
+def test_two_process_run_matches_one_process(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    port = _free_port()
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    procs = [
+        _start(
+            script,
+            [str(tmp_path / "multi.npz"), str(tmp_path / "multi")],
+            _env(
+                2,
+                CNNJAX_COORDINATOR=f"127.0.0.1:{port}",
+                CNNJAX_NUM_PROCESSES="2",
+                CNNJAX_PROCESS_ID=str(pid),
+            ),
+            logs[pid],
+        )
+        for pid in range(2)
+    ]
+    # Generous: on a loaded 2-core CI machine the gloo pair alone has taken 20-300 s.
+    outputs = _wait_all(procs, logs[:2], timeout_s=540)
+    # The one-process reference runs afterwards, so it does not compete with the pair.
+    procs.append(
+        _start(
+            script,
+            [str(tmp_path / "single.npz"), str(tmp_path / "single"), "parallel=none"],
+            _env(1),
+            logs[2],
+        )
+    )
+    outputs += _wait_all(procs[2:], logs[2:], timeout_s=300)
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output[-3000:]
     multi_info = json.loads((tmp_path / "multi.npz.json").read_text())
