@@ -174,7 +174,7 @@ def test_plain_lax_reproducer_still_crashes_xla():
         import jax.numpy as jnp
         from jax import lax
         x, w = jnp.ones((1, 2, 1)), jnp.ones((1, 1, 1))
-        lax.conv_general_dilated(x, w, (1,), [(0, 700_000)], dimension_numbers=("NWC", "WIO",
+        lax.conv_general_dilated(x, w, (1,), [(0, 3_000_000)], dimension_numbers=("NWC", "WIO",
             "NWC")).block_until_ready()
     """
     assert _run(code).returncode == -11
