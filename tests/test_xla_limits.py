@@ -143,6 +143,9 @@ def test_one_channel_convs_match_plain_lax_autodiff_in_float64(ndim, impl):
             )
             assert_rel_close(hess(x), hess_ref(x), what="grad of grad")
 
+        if ndim == 2:  # conv_transpose is checked in 1-d (its route is the same helper)
+            return
+
         def transpose(x, w):
             return ops.conv_transpose(x, w, stride=2, padding=1, impl=impl)
 
