@@ -458,8 +458,36 @@ def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> ja
     """
     acc = accumulation_dtype(lhs.dtype)
     wide = None if acc == lhs.dtype else acc
-    y = lax.conv_general_dilated(lhs, rhs, *args, preferred_element_type=wide, **kwargs)
+    conv = functools.partial(lax.conv_general_dilated, *args, preferred_element_type=wide, **kwargs)
+    dn = kwargs["dimension_numbers"]
+    if lhs.shape[dn.lhs_spec[1]] == 1 and rhs.shape[dn.rhs_spec[0]] == 1:
+        # XLA:CPU bug (see _conv_two_output_features): on CPU only, compute with two outputs.
+        y = lax.platform_dependent(
+            lhs, rhs, cpu=functools.partial(_conv_two_output_features, conv, dn), default=conv
+        )
+    else:
+        y = conv(lhs, rhs)
     return y.astype(lhs.dtype)
+
+
+def _conv_two_output_features(conv, dn: lax.ConvDimensionNumbers, lhs, rhs) -> jax.Array:
+    """``conv(lhs, rhs)`` for one input and one output feature, run with a zero second output.
+
+    Works around an XLA:CPU bug (jax 0.10.2): a convolution that XLA emits as its loop kernel
+    rather than Eigen (every float64 one; float32 ones with an operand of at most 8 bytes or
+    non-NHWC dimension numbers) and that has exactly one input and one output feature is
+    vectorised by LLVM across output positions with *plain* vector loads of the input at padded
+    (out-of-range) positions; the padded lanes are masked only afterwards. With enough padding
+    those loads leave the mapped memory and the process dies with SIGSEGV, e.g.
+    ``x (1, 10**6, 1)``, ``w (1, 1, 1)``, padding 1000. With two output features XLA emits
+    masked (fault-free) loads instead, and every convolution that autodiff derives from this
+    one has a feature count of 2 as well.
+    The extra output is zeros and is sliced off, so values and gradients are unchanged.
+    See docs/gradients.md (XLA limits) for the probes.
+    """
+    out_axis, zero = dn.rhs_spec[0], jnp.zeros_like(rhs)
+    y = conv(lhs, jnp.concatenate([rhs, zero], axis=out_axis))
+    return lax.slice_in_dim(y, 0, 1, axis=dn.out_spec[1])
 
 
 def _swap_in_out_per_group(w: jax.Array, groups: int) -> jax.Array:
