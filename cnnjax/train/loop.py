@@ -697,11 +697,12 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
             "run the same command again to resume"
         )
     else:
+        _say_best(session, loop.best)
         unit = "pixels" if "mean_iou" in test else "images"
         iou = f", mean IoU {test['mean_iou']:.4f}" if "mean_iou" in test else ""
         session.say(
             f"test accuracy {test['accuracy']:.2%} ({test['count']} {unit}{iou}, "
-            f"loss {test['loss']:.4f}); checkpoint {ckpt_path}{_best_note(session, loop.best)}"
+            f"loss {test['loss']:.4f}); checkpoint {ckpt_path}"
         )
     return TrainResult(
         state=session.run.driver.host_state(loop.state),
@@ -719,12 +720,11 @@ def _close_best(session: _Session) -> None:
         session.best_checkpointer.close()
 
 
-def _best_note(session: _Session, best: dict | None) -> str:
-    """``"\nbest: epoch 3, test_accuracy 97.50% (step 135); checkpoint …"`` or ``""``."""
-    if not best:
-        return ""
-    path = checkpoint_directory(session.workdir, "best") / str(best["step"])
-    return f"\n{describe_best(best)} (step {best['step']}); checkpoint {path}"
+def _say_best(session: _Session, best: dict | None) -> None:
+    """``best: epoch 3, test_accuracy 97.50% (step 135); checkpoint …`` (before the last line)."""
+    if best:
+        path = checkpoint_directory(session.workdir, "best") / str(best["step"])
+        session.say(f"{describe_best(best)} (step {best['step']}); checkpoint {path}")
 
 
 def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
@@ -737,10 +737,10 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
     test = finished_test_metrics(session.workdir, step)
     if test is None:  # no record (e.g. metrics.jsonl removed): score the checkpoint
         test = _run_eval(session.run, loop.state)
+    _say_best(session, loop.best)
     session.say(
         f"already finished at step {step} (test accuracy {test['accuracy']:.2%}); nothing to "
         f"train. Checkpoint {path}; to train longer, pass more --epochs with --extend"
-        f"{_best_note(session, loop.best)}"
     )
     return TrainResult(
         state=session.run.driver.host_state(loop.state),
