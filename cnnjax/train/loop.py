@@ -485,13 +485,13 @@ def _train_session(session: _Session, config, hooks, verbose: bool) -> TrainResu
     loop = _restore(session)
     if session.checkpointer.restored_step is not None and loop.step >= session.run.total_steps:
         return _already_finished(session, loop)
+    _announce(session)  # before the bar exists: a tqdm bar drawn first would share its line
     progress = Progress(
         session.run.total_steps,
         loop.step,
         log_every=config.log_every_steps,
         enabled=verbose and session.primary,
     )
-    _announce(session)
     with _StopRequest() as stop:
         actions = [*_make_actions(session, progress, loop), CheckStop(stop)]
         _step_loop(session, loop, actions, hooks)
@@ -836,10 +836,11 @@ def evaluate(
         logits = run.model.apply(variables, images, train=False).astype(jnp.float32)
         return logits
 
+    batches_ = _eval_progress(run, int(state.step), progress)
     if run.task == "segmentation":
-        return _evaluate_segmentation(run, variables, predict, int(state.step))
+        return _evaluate_segmentation(run, variables, predict, int(state.step), batches_)
     predictions, labels, losses = [], [], []
-    for batch in run.eval_batches():
+    for batch in batches_:
         logits = np.asarray(predict(variables, batch["image"]))
         keep = batch["mask"] > 0
         logits, y = logits[keep], batch["label"][keep]
@@ -862,7 +863,16 @@ def evaluate(
     )
 
 
-def _evaluate_segmentation(run: Run, variables, predict, step: int) -> EvalResult:
+def _eval_progress(run: Run, step: int, enabled: bool):
+    """The test batches, with a progress bar and estimate on stderr when scoring takes a while."""
+    from cnnjax.progress import track
+
+    size = run.config.eval_batch_size or run.config.batch_size
+    total = num_batches(len(run.dataset.test), size, train=False)
+    return track(run.eval_batches(), total, f"eval step {step}", "batch", enabled=enabled)
+
+
+def _evaluate_segmentation(run: Run, variables, predict, step: int, batches_) -> EvalResult:
     """Per-pixel predictions, loss over labelled pixels, confusion and IoU on the test split."""
     from cnnjax.data.pipeline import IGNORE_INDEX
     from cnnjax.train.tasks import _crop_labels
@@ -871,7 +881,7 @@ def _evaluate_segmentation(run: Run, variables, predict, step: int) -> EvalResul
     predictions, labels = [], []
     confusion = np.zeros((k, k), np.int64)
     loss_sum = 0.0
-    for batch in run.eval_batches():
+    for batch in batches_:
         logits = np.asarray(predict(variables, batch["image"]))
         keep = batch["mask"] > 0
         logits = logits[keep]
