@@ -121,6 +121,11 @@ def test_best_metric_none_test_loss_a_wrong_metric_and_a_fresh_start(tmp_path, c
     record = json.loads((loss / "best.json").read_text())
     assert record["metric"] == "test_loss" and record["mode"] == "min" and record["step"] == 3
     assert "best: epoch 1, test_loss " in capsys.readouterr().out
+    picture = tmp_path / "filters.png"
+    assert main(["viz", "filters", str(loss), "--best", "--output", str(picture)]) == 0
+    assert picture.stat().st_size > 0
+    assert main(["viz", "filters", str(none), "--best"]) == 2
+    assert "checkpoints_best does not exist: train the run first" in capsys.readouterr().err
     # The run's checkpoints deleted by hand: the next start is a new run, its best is new too.
     for path in sorted((loss / "checkpoints").rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
