@@ -495,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jax
 
-    from cnnjax.progress import progress_bar
+    from cnnjax.progress import echo, progress_bar
 
     jax.config.update("jax_enable_x64", True)
     what = (
@@ -528,9 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elapsed = time.perf_counter() - started
         remaining = elapsed / index * (len(args.ops) - index)
         eta = f"  (about {remaining:.0f} s left)" if index < len(args.ops) else ""
-        bar.write(
-            f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}{eta}",
-            file=sys.stdout,
+        echo(
+            bar, f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}{eta}"
         )
         if not worst <= tol:
             failed.append((op, worst, r.worst_case))

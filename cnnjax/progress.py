@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-__all__ = ["DELAY_S", "progress_bar", "track"]
+__all__ = ["DELAY_S", "echo", "progress_bar", "track"]
 
 DELAY_S = 2.0  # a command that ends sooner shows no bar
 
@@ -25,8 +25,8 @@ DELAY_S = 2.0  # a command that ends sooner shows no bar
 def progress_bar(total: int | None, desc: str, unit: str = "it", *, enabled: bool = True):
     """A ``tqdm`` bar on stderr over ``total`` units (``None``: unknown, no estimate).
 
-    Use ``bar.update(n)``, ``bar.set_description(text)``, ``bar.write(line, file=sys.stdout)``
-    (prints a result line without tearing the bar) and ``bar.close()`` (or ``with``).
+    Use ``bar.update(n)``, ``bar.set_description(text)``, :func:`echo` (prints a result line on
+    stdout without tearing the bar) and ``bar.close()`` (or ``with``).
     Disabled (``enabled=False`` or ``CNNJAX_PROGRESS=0``) it accepts the same calls and prints
     only what ``write`` is given.
     """
@@ -52,6 +52,12 @@ def track(iterable: Iterable, total: int | None, desc: str, unit: str = "it", en
         for item in iterable:
             yield item
             bar.update(1)
+
+
+def echo(bar, line: str) -> None:
+    """Print a result ``line`` on stdout without tearing ``bar``, flushed (logs see it now)."""
+    bar.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def _delay() -> float:

@@ -123,7 +123,7 @@ def _time(fn, arrays) -> float:
 
 
 def run(batch: int, repeats: int, only: str | None) -> list[dict]:
-    from cnnjax.progress import progress_bar
+    from cnnjax.progress import echo, progress_bar
 
     rows = []
     chosen = [wl for wl in workloads(batch) if not only or only in wl.name]
@@ -148,7 +148,7 @@ def run(batch: int, repeats: int, only: str | None) -> list[dict]:
             row[f"xla {kind} ms"] = 1e3 * median[("xla", kind)]
             row[f"ratio {kind}"] = median[("custom", kind)] / median[("xla", kind)]
         rows.append(row)
-        bar.write(_format_row(row), file=sys.stdout)
+        echo(bar, _format_row(row))
         bar.update(1)
     bar.close()
     return rows
