@@ -27,10 +27,28 @@ def _env(**extra):
     return env
 
 
-def test_eval_prints_progress_with_an_estimate_to_stderr_only(tmp_path):
+class _Terminal(io.StringIO):
+    """stdout and stderr of a terminal: one stream, a TTY."""
+
+    def isatty(self):
+        return True
+
+
+def test_the_training_header_has_its_own_line_and_eval_shows_an_estimate(tmp_path, monkeypatch):
+    """The header used to follow the bar's first frame on the same line:
+    ``\\r  0%|...| 0/2 [00:00<?, ?step/s]training lenet5 on digits ...``. Then ``cnnjax eval``
+    (a subprocess) prints its progress and estimate on stderr, and only the result on stdout."""
     workdir = tmp_path / "run"
-    argv = ["train", "lenet5", *TINY, "--set", "eval_batch_size=150", "--quiet"]
-    assert main([*argv, "--workdir", str(workdir)]) == 0
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["train", "lenet5", *TINY, "--set", "eval_batch_size=150", "--workdir", str(workdir)]
+    assert main(argv) == 0
+    text = terminal.getvalue()
+    assert text.startswith("training lenet5 on digits ("), text[:200]
+    header, rest = text.split("\n", 1)
+    assert "%|" not in header and "step/s" in rest
+
     result = subprocess.run(
         [sys.executable, "-m", "cnnjax.cli", "eval", str(workdir)],
         env=_env(CNNJAX_PROGRESS_DELAY="0"),
@@ -43,26 +61,6 @@ def test_eval_prints_progress_with_an_estimate_to_stderr_only(tmp_path):
     assert "eval step 2: " in result.stderr
     counts = re.findall(ESTIMATE, result.stderr)  # 450 test images in 3 batches of 150
     assert counts and all(total == "3" for _, total in counts), result.stderr
-
-
-class _Terminal(io.StringIO):
-    """stdout and stderr of a terminal: one stream, a TTY."""
-
-    def isatty(self):
-        return True
-
-
-def test_the_training_header_has_its_own_line_before_the_bar(tmp_path, monkeypatch):
-    """The header used to follow the bar's first frame on the same line:
-    ``\\r  0%|...| 0/2 [00:00<?, ?step/s]training lenet5 on digits ...``."""
-    terminal = _Terminal()
-    monkeypatch.setattr(sys, "stdout", terminal)
-    monkeypatch.setattr(sys, "stderr", terminal)
-    assert main(["train", "lenet5", *TINY, "--workdir", str(tmp_path / "run")]) == 0
-    text = terminal.getvalue()
-    assert text.startswith("training lenet5 on digits ("), text[:200]
-    header, rest = text.split("\n", 1)
-    assert "%|" not in header and "step/s" in rest
 
 
 def test_bench_ops_prints_progress_and_keeps_its_table_on_stdout(capsys, monkeypatch):
