@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, help="seed of initialisation, shuffling and augmentation (default: 0)"
     )
     p.add_argument(
+        "--best-metric",
+        choices=("test_accuracy", "test_loss", "test_mean_iou", "test_pixel_accuracy", "none"),
+        help="keep the state of the best test evaluation by this metric in "
+        "WORKDIR/checkpoints_best (loss: lowest, others: highest; none: keep no best) "
+        "(default: test_accuracy)",
+    )
+    p.add_argument(
         "--val-split",
         type=float,
         help="folder:ROOT/CLASS data: hold out this fraction of every class (seeded) for testing",
@@ -124,12 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a run's latest checkpoint; writes a confusion matrix PNG",
-        description="Score WORKDIR's latest checkpoint on the test split of its data set.",
+        help="evaluate a run's latest (or best) checkpoint; writes a confusion matrix PNG",
+        description="Score WORKDIR's latest checkpoint (or, with --best, the best one kept in "
+        "WORKDIR/checkpoints_best) on the test split of its data set.",
     )
     p.add_argument("workdir")
     p.add_argument("--dataset", help="evaluate on another data set with the same classes")
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    p.add_argument(
+        "--checkpoint",
+        choices=("latest", "best"),
+        default="latest",
+        help="latest: WORKDIR/checkpoints; best: the best test evaluation's state, "
+        "WORKDIR/checkpoints_best (default: latest)",
+    )
+    p.add_argument(
+        "--best",
+        dest="checkpoint",
+        action="store_const",
+        const="best",
+        help="the same as --checkpoint best",
+    )
     p.add_argument(
         "--output",
         help="confusion matrix PNG (default: WORKDIR/confusion_[DATASET_]test_stepSTEP.png; "
@@ -261,6 +283,8 @@ def _train(args: argparse.Namespace) -> int:
     for key, value in flags.items():
         if value is not None:
             config[key] = value
+    if args.best_metric is not None:
+        config.best.metric = args.best_metric
     if args.epochs is not None:
         config.num_steps = None
     if args.lr is not None:
@@ -308,7 +332,13 @@ def _eval(args: argparse.Namespace) -> int:
     from cnnjax.train import evaluate, load_workdir_config
     from cnnjax.viz import plot_confusion
 
-    result = evaluate(args.workdir, dataset=args.dataset, step=args.step)
+    result = evaluate(
+        args.workdir,
+        dataset=args.dataset,
+        step=args.step,
+        checkpoint=args.checkpoint,
+        progress=True,
+    )
     if result.task == "segmentation":
         return _eval_segmentation(args, result)
     output = pathlib.Path(args.output or _confusion_path(args.workdir, args.dataset, result.step))
@@ -322,8 +352,9 @@ def _eval(args: argparse.Namespace) -> int:
         title=f"{dataset}, test split, step {result.step}",
     )
     errors = result.count - round(result.accuracy * result.count)
+    which = "best checkpoint, " if args.checkpoint == "best" else ""
     print(
-        f"step {result.step}: test accuracy {result.accuracy:.2%} ({errors} errors in "
+        f"{which}step {result.step}: test accuracy {result.accuracy:.2%} ({errors} errors in "
         f"{result.count}), loss {result.loss:.4f}; confusion matrix {output}"
     )
     return 0

@@ -12,8 +12,9 @@ status is 1 when any error exceeds ``--tol`` (default 1e-10).
 
 With ``--dtype float32/float16/bfloat16`` each impl runs in that dtype and is compared with the
 same impl in float64 on the same rounded inputs and cotangent (tolerances per dtype, edge inputs
-with exact zeros, ties and negatives by default for the 16-bit types). Progress goes to stderr
-on a terminal; each op's line gives its time and an estimate of the time left.
+with exact zeros, ties and negatives by default for the 16-bit types). A progress bar with an
+estimate goes to stderr (:mod:`cnnjax.progress`); each op's line gives its time and an estimate
+of the time left.
 """
 
 from __future__ import annotations
@@ -402,21 +403,11 @@ def check_op(
     return result
 
 
-def _progress_printer(op: str, index: int, total_ops: int, cases: int, started: float):
-    """Progress on stderr: one updating line on a terminal, nothing extra when piped."""
-    import time
-
-    if not sys.stderr.isatty():
-        return None
+def _progress_callback(bar, done_before: int):
+    """``progress(done)`` for :func:`check_op`: moves the shared bar to ``done_before + done``."""
 
     def show(done: int) -> None:
-        elapsed = time.perf_counter() - started
-        print(
-            f"\r[{index}/{total_ops}] {op}: {done}/{cases} cases, {elapsed:.0f} s elapsed",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
+        bar.update(done_before + done - bar.n)
 
     return show
 
@@ -504,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jax
 
+    from cnnjax.progress import echo, progress_bar
+
     jax.config.update("jax_enable_x64", True)
     what = (
         "custom VJP vs autodiff, float64"
@@ -523,11 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("-" * len(header), flush=True)
     failed = []
     started = time.perf_counter()
+    bar = progress_bar(len(args.ops) * args.cases, "gradcheck", "case")
     for index, op in enumerate(args.ops, start=1):
-        show = _progress_printer(op, index, len(args.ops), args.cases, started)
+        bar.set_description(f"[{index}/{len(args.ops)}] {op}", refresh=False)
+        show = _progress_callback(bar, (index - 1) * args.cases)
         r = check_op(op, args.cases, args.seed, args.dtype, edges, show)
-        if show is not None:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
         grads = [r.worst_grad.get(i) for i in range(3)]
         cells = "".join(f"{g:>11.1e}" if g is not None else f"{'':>11}" for g in grads)
         worst = max([r.worst_forward, *r.worst_grad.values()])
@@ -535,12 +528,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elapsed = time.perf_counter() - started
         remaining = elapsed / index * (len(args.ops) - index)
         eta = f"  (about {remaining:.0f} s left)" if index < len(args.ops) else ""
-        print(
-            f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}{eta}",
-            flush=True,
+        echo(
+            bar, f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}{eta}"
         )
         if not worst <= tol:
             failed.append((op, worst, r.worst_case))
+    bar.close()
     print("-" * len(header))
     print(
         "arg0 is x; arg1/arg2 are w/b for conv, conv_transpose and depthwise_conv, "

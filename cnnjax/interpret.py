@@ -59,10 +59,13 @@ class LoadedRun:
     num_test: int
 
 
-def load_run(workdir: str | pathlib.Path, step: int | None = None) -> LoadedRun:
-    """Restore ``workdir``'s checkpoint (latest or ``step``) and its data set's test split."""
+def load_run(
+    workdir: str | pathlib.Path, step: int | None = None, checkpoint: str = "latest"
+) -> LoadedRun:
+    """Restore ``workdir``'s checkpoint (latest or ``step``; ``checkpoint="best"``: from
+    ``WORKDIR/checkpoints_best``) and its data set's test split."""
     from cnnjax.data.augment import normalize
-    from cnnjax.train.checkpoint import Checkpointer
+    from cnnjax.train.checkpoint import Checkpointer, checkpoint_directory
     from cnnjax.train.loop import build_run, load_workdir_config
 
     workdir = pathlib.Path(workdir)
@@ -70,11 +73,12 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> LoadedRun:
     config.parallel = "none"
     config.resume = True
     run = build_run(config)
-    if not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{workdir}/checkpoints does not exist: train the run first")
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    try:
-        state, _ = checkpointer.restore(run.initial_state(), step)
+    directory = checkpoint_directory(workdir, checkpoint)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} does not exist: train the run first")
+    checkpointer = Checkpointer(directory, keep=config.checkpoint.keep)
+    try:  # damaged checkpoints are reported and left in place (drawing moves no files)
+        state, _ = checkpointer.restore(run.initial_state(), step, quarantine=False)
     finally:
         checkpointer.close()
     params = state.ema_params if config.optimizer.ema_decay is not None else state.params

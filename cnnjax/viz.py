@@ -337,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("workdir", metavar="WORKDIR", help="a cnnjax training run directory")
         p.add_argument("--output", help=f"PNG path (default: WORKDIR/{name}.png)")
         p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+        p.add_argument(
+            "--best",
+            action="store_true",
+            help="the best checkpoint (WORKDIR/checkpoints_best) instead of the latest",
+        )
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         if name in ("features", "receptive-field"):
             p.add_argument("--image", help="an image file (default: a test image, see --index)")
@@ -368,7 +373,7 @@ def _run_viz(args) -> str:
         return f"{path}\n" + "\n".join(" ".join(f"{v:3g}" for v in r) for r in result)
     from cnnjax import interpret
 
-    run = interpret.load_run(args.workdir, args.step)
+    run = interpret.load_run(args.workdir, args.step, "best" if args.best else "latest")
     output = args.output or pathlib.Path(args.workdir) / f"{args.what}.png"
     rows = interpret.spatial_layers(run.model, run.input_shape)
     if args.what == "filters":

@@ -7,6 +7,7 @@ PyTorch twins are the same networks (parameter counts).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,8 @@ def test_bench_suite_help_is_its_own(capsys, suite, expected):
         assert text in out, text
 
 
-def test_bench_train_tiny_reports_every_variant_and_appends_markdown(tmp_path, capsys):
+def test_bench_train_tiny_reports_every_variant_and_appends_markdown(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CNNJAX_PROGRESS_DELAY", "0")  # the bar shows however short the run
     path, md = tmp_path / "train.json", tmp_path / "BENCH.md"
     md.write_text("# Benchmarks\n")
     argv = ["bench", "train", "lenet5", "--tiny", "--dtype", "float32", "--json", str(path)]
@@ -65,15 +67,18 @@ def test_bench_train_tiny_reports_every_variant_and_appends_markdown(tmp_path, c
     meta = result["meta"]
     assert meta["model"] == "lenet5" and meta["batch"] == 4 and meta["image_shape"] == [32, 32, 1]
     assert meta["backend"] == jax.default_backend() and "load_avg" in meta
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "img/s" in out and "ms/step" in out and "jax custom float32" in out
+    assert re.search(r"bench train lenet5: +\d+%.*\| \d+/\d+ \[\d\d:\d\d<\d\d:\d\d", captured.err)
     text = md.read_text()
     assert text.startswith("# Benchmarks\n")
     assert "## bench train lenet5" in text and "| variant | img/s |" in text
     assert "--tiny" in text  # the command is recorded
 
 
-def test_bench_data_tiny_host_and_device(tmp_path, capsys):
+def test_bench_data_tiny_host_and_device(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CNNJAX_PROGRESS_DELAY", "0")
     path = tmp_path / "data.json"
     assert main(["bench", "data", "digits", "--tiny", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
@@ -83,7 +88,9 @@ def test_bench_data_tiny_host_and_device(tmp_path, capsys):
     ]
     assert all(r["img_per_s"] > 0 for r in result["results"])
     assert result["meta"]["augment"] == {"padding": 4, "flip": True, "crop_size": None}
-    assert "img/s" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "img/s" in captured.out
+    assert re.search(r"bench data digits: +\d+%.*\| \d+/6 \[\d\d:\d\d<\d\d:\d\d", captured.err)
 
 
 @pytest.mark.parametrize(

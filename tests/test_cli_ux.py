@@ -117,6 +117,7 @@ def test_every_train_flag_has_help_and_its_default_is_the_config_default():
         "--impl": config.impl,
         "--dtype": config.dtype,
         "--dataset": config.dataset,
+        "--best-metric": config.best.metric,
     }
     for action in _subparser("train")._actions:
         assert action.help, f"train {action.option_strings or action.dest} has no help text"

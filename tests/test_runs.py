@@ -195,6 +195,18 @@ def test_a_damaged_latest_checkpoint_falls_back_in_eval_and_train(run, capsys):
     assert captured.out.startswith("step 6: ") and captured.err == ""
 
 
+def test_eval_step_of_a_damaged_checkpoint_names_the_damage_and_the_intact_steps(run, capsys):
+    """`eval --step N` on a damaged N used to say "no older checkpoint" although 2 and 6 were
+    intact (plain eval falls back; an explicit step is not replaced by another)."""
+    _flip(_largest_array_file(run / "checkpoints" / "4"))
+    assert main(["eval", str(run), "--step", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no older checkpoint" not in err
+    assert err.startswith(f"cnnjax eval: error: checkpoint {run / 'checkpoints' / '4'} is damaged")
+    assert "was altered (SHA-256 differs from the manifest); intact step(s): 2, 6 " in err
+    assert main(["eval", str(run), "--step", "2"]) == 0
+
+
 def test_every_checkpoint_damaged_is_one_line_and_exit_2(run, capsys):
     for step in (2, 4, 6):
         (run / "checkpoints" / str(step) / "meta" / "metadata").unlink()

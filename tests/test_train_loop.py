@@ -305,7 +305,9 @@ def test_one_step_epochs_and_log_every_step_print(tmp_path, capsys):
     ]
     assert "img/s" not in lines[0]
     assert re.fullmatch(
-        r"epoch 2 step 4/4 loss [\d.]+ accuracy [\d.]+% lr \S+ \d+ img/s [\d.]+s", lines[-1]
+        r"epoch 2 step 4/4 loss [\d.]+ accuracy [\d.]+% lr \S+ \d+ img/s [\d.]+s"
+        r" \| best: epoch [12], test_accuracy [\d.]+%",
+        lines[-1],
     )
     assert "epoch 2 step 4: train loss" in out
     assert [(r["epoch"], r["split"]) for r in read_metrics(tmp_path)] == [

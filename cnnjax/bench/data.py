@@ -23,6 +23,7 @@ import time
 import jax
 
 from cnnjax.bench import report
+from cnnjax.progress import progress_bar
 
 __all__ = ["run", "run_from_args"]
 
@@ -92,14 +93,18 @@ def run(
 
     variants = {"host augmentation": host, "device augmentation": device}
     times = {name: [] for name in variants}
+    bar = progress_bar(len(variants) * (repeats + 1), f"bench data {dataset_name}", "round")
     for fn in variants.values():
         fn(max(warmup, 1))  # compiles the device variant
+        bar.update(1)
     for r in range(repeats):
         names = list(variants)[r % 2 :] + list(variants)[: r % 2]
         for name in names:
             start = time.perf_counter()
             variants[name](steps)
             times[name].append(time.perf_counter() - start)
+            bar.update(1)
+    bar.close()
     rows = []
     for name, t in times.items():
         batch_s = statistics.median(t) / steps

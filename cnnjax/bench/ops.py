@@ -123,10 +123,13 @@ def _time(fn, arrays) -> float:
 
 
 def run(batch: int, repeats: int, only: str | None) -> list[dict]:
+    from cnnjax.progress import echo, progress_bar
+
     rows = []
-    for wl in workloads(batch):
-        if only and only not in wl.name:
-            continue
+    chosen = [wl for wl in workloads(batch) if not only or only in wl.name]
+    bar = progress_bar(len(chosen), "bench ops", "workload")
+    for wl in chosen:
+        bar.set_description(wl.name, refresh=False)
         keys = jax.random.split(jax.random.PRNGKey(0), len(wl.shapes))
         arrays = tuple(jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, wl.shapes))
         compiled = {impl: _compile(wl, impl, arrays) for impl in ("custom", "xla")}
@@ -145,7 +148,9 @@ def run(batch: int, repeats: int, only: str | None) -> list[dict]:
             row[f"xla {kind} ms"] = 1e3 * median[("xla", kind)]
             row[f"ratio {kind}"] = median[("custom", kind)] / median[("xla", kind)]
         rows.append(row)
-        print(_format_row(row), flush=True)
+        echo(bar, _format_row(row))
+        bar.update(1)
+    bar.close()
     return rows
 
 

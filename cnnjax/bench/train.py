@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.bench import report
+from cnnjax.progress import progress_bar
 
 __all__ = ["Variant", "jax_variant", "run", "run_from_args", "torch_variant"]
 
@@ -258,12 +259,17 @@ def run(
         if warmup:
             v.step(warmup)
     log(f"timing {repeats} round(s) of {steps} step(s) per variant ...")
+    bar = progress_bar(
+        repeats * len(variants), f"bench train {model_name}", "round", enabled=log is print
+    )
     for r in range(repeats):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             start = time.perf_counter()
             v.step(steps)
             v.times.append(time.perf_counter() - start)
+            bar.update(1)  # outside the timed span
+    bar.close()
     rows = [_row(v, batch, steps) for v in variants]
     _add_ratios(rows)
     meta = report.machine_meta()

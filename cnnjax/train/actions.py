@@ -13,10 +13,11 @@ clu itself imports TensorFlow for its metric writers, so cnnjax keeps these few 
 
 After each step the loop runs, in order: :class:`LogProgress` (every ``log_every_steps`` and at
 epoch ends), :class:`RecordEpoch` (epoch ends: the train record, the test evaluation every
-``eval_every_epochs`` and at the end), :class:`SaveCheckpoint` (every ``checkpoint.every_steps``,
-else at epoch ends, and at the end) and :class:`CheckStop` (every step: a signal). Host syncs
-happen only inside the first three, i.e. at log points, epoch ends and saves; the non-finite
-guard is read there (:meth:`LoopState.check_finite`), never per step.
+``eval_every_epochs`` and at the end), :class:`KeepBest` (epoch ends with a fresh test
+evaluation: the best checkpoint by ``best.metric``), :class:`SaveCheckpoint` (every
+``checkpoint.every_steps``, else at epoch ends, and at the end) and :class:`CheckStop` (every
+step: a signal). Host syncs happen only inside the first four, i.e. at log points, epoch ends
+and saves; the non-finite guard is read there (:meth:`LoopState.check_finite`), never per step.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ import numpy as np
 
 from cnnjax.train.optim import LossScaleState
 from cnnjax.train.steps import TRAIN_METRICS
+from cnnjax.train.workdir import write_json_atomic
 
 __all__ = [
+    "BEST_METRICS",
     "CheckStop",
     "Every",
+    "KeepBest",
     "LogProgress",
     "LoopState",
     "MetricSums",
@@ -44,7 +48,17 @@ __all__ = [
     "SaveCheckpoint",
     "all_finite",
     "averages",
+    "describe_best",
+    "is_better",
 ]
+
+# best.metric → whether larger is better ("max") or smaller ("min"); "none" keeps no best.
+BEST_METRICS = {
+    "test_accuracy": "max",
+    "test_loss": "min",
+    "test_mean_iou": "max",
+    "test_pixel_accuracy": "max",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +168,8 @@ class LoopState:
     first_nonfinite: int | None = None
     saved_step: int | None = None
     test: dict[str, float] | None = None
+    test_step: int | None = None  # the step :attr:`test` was evaluated at
+    best: dict | None = None  # KeepBest's record: metric, mode, value, step, epoch
     clock: Callable[[], float] = time.perf_counter
 
     def __post_init__(self):
@@ -230,6 +246,7 @@ class LogProgress:
             "images_per_sec": loop.window_meter.rate(now, loop.images),
             "wall_time": loop.wall_time(),
             **loop.loss_scale(),
+            "best": describe_best(loop.best),
         }
         self.progress.update(loop.step, loop.epoch, stats)
         loop.window.reset()
@@ -273,13 +290,84 @@ class RecordEpoch:
         line = f"epoch {epoch} step {step}: train loss {train['loss']:.4f} "
         line += f"accuracy {train['accuracy']:.2%}"
         if step >= self.total_steps or epoch % self.eval_every == 0:
-            loop.test = self.evaluate(loop.state)
+            loop.test, loop.test_step = self.evaluate(loop.state), step
             self.writer.write({"step": step, "epoch": epoch, "split": "test", **loop.test})
             line += f" | test loss {loop.test['loss']:.4f} accuracy {loop.test['accuracy']:.2%}"
         self.progress.message(f"{line} ({train['epoch_time']:.1f}s)")
         loop.epoch_sums.reset()
         loop.epoch_start, loop.epoch_offset = loop.clock(), 0.0
         loop.epoch_meter.mark(loop.epoch_start, loop.images)
+
+
+def is_better(mode: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` beats ``best`` (``None``: nothing yet); a tie is not better, and a value
+    that is not finite never is."""
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def describe_best(best: dict | None) -> str | None:
+    """``"best: epoch 3, test_accuracy 97.50%"`` for a :class:`KeepBest` record (``None``: none)."""
+    if not best:
+        return None
+    value = best["value"]
+    shown = f"{value:.2%}" if best["mode"] == "max" and 0 <= value <= 1 else f"{value:.4f}"
+    return f"best: epoch {best['epoch']}, {best['metric']} {shown}"
+
+
+class KeepBest:
+    """At an epoch end with a fresh test evaluation: if ``metric`` (a key of
+    :data:`BEST_METRICS`) beats the best so far, save the state into ``checkpointer`` (the
+    ``keep=1`` one under ``WORKDIR/checkpoints_best``) with the record in its meta, then write
+    ``best.json`` atomically; :attr:`LoopState.best` is the record.
+
+    Never a non-finite state, nor a non-finite value, nor anything after an unobserved
+    divergence (``on_nonfinite="stop"``). A finite divergence (a loss that explodes without
+    overflowing) leaves the pre-divergence best in place, whatever keep-N rotates out.
+    A best checkpoint at or after this step (saved by a session that was rolled back) is
+    replaced, so the directory always holds the record's state.
+    """
+
+    def __init__(self, every: Every, *, metric: str, checkpointer, path, progress, meta: dict):
+        if metric not in BEST_METRICS:
+            raise ValueError(
+                f"best.metric must be one of {', '.join([*BEST_METRICS, 'none'])}, got {metric!r}"
+            )
+        self.every, self.metric, self.mode = every, metric, BEST_METRICS[metric]
+        self.checkpointer, self.path, self.progress, self.meta = checkpointer, path, progress, meta
+
+    def __call__(self, loop: LoopState) -> None:
+        if loop.test_step != loop.step or not loop.check_finite():
+            return
+        value = loop.test.get(self.metric.removeprefix("test_"))
+        if value is None:
+            raise ValueError(f"best.metric={self.metric}: the test evaluation has no such value")
+        best = loop.best["value"] if loop.best else None
+        if not is_better(self.mode, float(value), best):
+            return
+        host = loop.driver.host_state(loop.state)
+        if not all_finite(host):
+            return
+        record = {
+            "metric": self.metric,
+            "mode": self.mode,
+            "value": float(value),
+            "step": loop.step,
+            "epoch": loop.epoch,
+        }
+        for stale in self.checkpointer.all_steps():
+            if stale >= loop.step:
+                self.checkpointer.delete(stale)
+        self.checkpointer.save(loop.step, host, {**self.meta, "step": loop.step, "best": record})
+        self.checkpointer.wait()
+        if self.checkpointer.primary:
+            checkpoint = str(self.checkpointer.path(loop.step))
+            write_json_atomic(self.path, {**record, "checkpoint": checkpoint})
+        loop.best = record
+        self.progress.message(f"new {describe_best(record)} (step {loop.step})")
 
 
 class SaveCheckpoint:

@@ -27,6 +27,10 @@ restored if orbax can read it and its values are finite.
 Rotation (``keep``): a checkpoint is deleted only once ``keep`` checkpoints not known to hold
 NaN/inf are newer than it, so the last finite checkpoint is never rotated out by non-finite
 ones.
+
+The best checkpoint (``best.metric``, see :class:`cnnjax.train.actions.KeepBest`) is a second
+:class:`Checkpointer` with ``keep=1`` under ``WORKDIR/checkpoints_best`` (:data:`BEST_DIR`):
+the same verified, atomic saves, never rotated by the latest checkpoints' keep-N.
 """
 
 from __future__ import annotations
@@ -45,9 +49,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["MANIFEST", "CheckpointError", "CheckpointMismatch", "Checkpointer"]
+__all__ = [
+    "BEST_DIR",
+    "LATEST_DIR",
+    "MANIFEST",
+    "CheckpointError",
+    "CheckpointMismatch",
+    "Checkpointer",
+    "checkpoint_directory",
+]
 
 MANIFEST = "cnnjax_manifest.json"
+LATEST_DIR = "checkpoints"  # WORKDIR/checkpoints/STEP: the newest `keep` saves
+BEST_DIR = "checkpoints_best"  # WORKDIR/checkpoints_best/STEP: the best evaluation's state
 # Rewritten or added by orbax while it commits a step, after the arrays are final.
 _ORBAX_COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
@@ -58,6 +72,13 @@ class CheckpointError(ValueError):
 
 class CheckpointMismatch(CheckpointError):
     """The checkpoint's arrays (paths, shapes, dtypes) do not fit the model being restored."""
+
+
+def checkpoint_directory(workdir: str | os.PathLike, which: str = "latest") -> pathlib.Path:
+    """``WORKDIR/checkpoints`` (``which="latest"``) or ``WORKDIR/checkpoints_best`` (``"best"``)."""
+    if which not in ("latest", "best"):
+        raise ValueError(f'checkpoint must be "latest" or "best", got {which!r}')
+    return pathlib.Path(workdir) / (LATEST_DIR if which == "latest" else BEST_DIR)
 
 
 class Checkpointer:
@@ -180,7 +201,8 @@ class Checkpointer:
         ``quarantine=False`` (evaluation) leaves the files alone.
         Raises :class:`CheckpointMismatch` when the arrays do not fit ``template``, and
         :class:`CheckpointError` (``FileNotFoundError`` when there is no checkpoint at all) when
-        nothing intact is left.
+        nothing intact is left. An explicit ``step`` that is damaged is not replaced by another:
+        the :class:`CheckpointError` names the damage and the intact steps there are.
         """
         self._finish_pending()
         steps = self.all_steps() if step is None else [step]
@@ -213,6 +235,8 @@ class Checkpointer:
                     template, _from_tree(restored["state"], raw)
                 )
                 return state, dict(restored["meta"] or {})
+            if step is not None:  # exactly this step was asked for: no fallback
+                raise CheckpointError(self._damaged_step_message(step, problem, tree))
             damaged.append(candidate)
             older = [s for s in steps if s < candidate]
             then = f"trying step {older[-1]}" if older else "no older checkpoint"
@@ -222,6 +246,46 @@ class Checkpointer:
             f"{', '.join(map(str, sorted(damaged)))} damaged or non-finite (reported above); "
             "start again in a new --workdir"
         )
+
+    def _damaged_step_message(self, step: int, problem: str, tree: Any) -> str:
+        """Name the damage of ``step`` and the checkpoints that pass the same checks."""
+        intact = []
+        for other in self.all_steps():
+            if other != step and self.verify(other) is None:
+                try:
+                    if self._check_tree(other, tree) is None:
+                        intact.append(other)
+                except CheckpointMismatch:
+                    continue
+        where = (
+            f"intact step(s): {', '.join(map(str, intact))} (pass one with --step, or leave "
+            "--step out for the newest intact one)"
+            if intact
+            else "no other intact checkpoint"
+        )
+        return f"checkpoint {self.path(step)} is damaged: {problem}; {where}"
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON ``meta`` saved with ``step`` (default: latest), without reading the arrays;
+        ``{}`` when there is none or it is unreadable."""
+        self._finish_pending()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return {}
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+        except Exception:
+            return {}
+        meta = restored["meta"]
+        return dict(meta) if isinstance(meta, dict) else {}
+
+    def delete(self, step: int) -> None:
+        """Remove checkpoint ``step`` (e.g. a best checkpoint from a rolled-back session)."""
+        self._finish_pending()
+        if step in self.manager.all_steps():
+            self.manager.delete(step)
 
     def _report(self, line: str) -> None:
         if self.primary:

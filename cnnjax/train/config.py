@@ -99,6 +99,10 @@ def default_config() -> ml_collections.ConfigDict:
         {"every_steps": config_dict.placeholder(int), "keep": 3, "async_save": True}
     )
     c.eval_every_epochs = 1
+    # The best checkpoint: at each test evaluation, a state that beats the best so far on
+    # `metric` (test_accuracy | test_loss | test_mean_iou | test_pixel_accuracy, or "none") is
+    # saved to WORKDIR/checkpoints_best (one kept) and recorded in WORKDIR/best.json.
+    c.best = ml_collections.ConfigDict({"metric": "test_accuracy"})
     c.log_every_steps = 50
     c.distributed = ml_collections.ConfigDict(
         {

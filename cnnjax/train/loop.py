@@ -5,6 +5,10 @@
 * ``WORKDIR/config.json`` the configuration, ``WORKDIR/metrics.jsonl`` one record per split per
   evaluation, ``WORKDIR/checkpoints/STEP`` orbax checkpoints (every ``checkpoint.every_steps``
   steps, else at the end of every epoch, and at the end; the newest ``checkpoint.keep`` kept).
+  ``WORKDIR/checkpoints_best/STEP`` the state of the best test evaluation by ``best.metric``
+  (default ``test_accuracy``; one kept, never rotated out by keep-N) and ``WORKDIR/best.json``
+  its record (metric, value, step, epoch); the best survives resume and ``--extend``, and a
+  fresh start in the workdir clears it.
 * Resuming (the default when a checkpoint exists) restores the state and continues at the same
   step: batch order is a function of ``(seed, epoch)`` and the resumed epoch skips the batches
   already consumed, and step ``t``'s randomness is ``fold_in(rng, t)``, so an interrupted and
@@ -27,8 +31,8 @@
   never saved.
 * ``resume=False`` refuses a workdir that already holds checkpoints rather than mixing runs.
 
-:func:`evaluate` restores a run's latest checkpoint and scores it on a split, with predictions
-for a confusion matrix.
+:func:`evaluate` restores a run's latest (or best) checkpoint and scores it on a split, with
+predictions for a confusion matrix.
 
 Task ``segmentation`` (``config.task``, default the model's registry task): the steps of
 :mod:`cnnjax.train.tasks` (per-pixel cross-entropy through the same guarded
@@ -61,15 +65,18 @@ from cnnjax.data.augment import device_augment, device_normalize
 from cnnjax.data.classes import save_class_names
 from cnnjax.data.pipeline import prefetch_to_device
 from cnnjax.train.actions import (
+    BEST_METRICS,
     CheckStop,
     Every,
+    KeepBest,
     LogProgress,
     LoopState,
     MetricSums,
     RecordEpoch,
     SaveCheckpoint,
+    describe_best,
 )
-from cnnjax.train.checkpoint import Checkpointer
+from cnnjax.train.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, checkpoint_directory
 from cnnjax.train.metrics import MetricsWriter, Progress
 from cnnjax.train.optim import make_optimizer, make_schedule
 from cnnjax.train.parallel import Driver, initialize_distributed, make_driver
@@ -104,6 +111,7 @@ class TrainResult:
     interrupted: bool
     workdir: pathlib.Path
     already_finished: bool = False  # a rerun of a finished run: nothing was trained
+    best: dict | None = None  # best.json's record: metric, mode, value, step, epoch
 
 
 @dataclasses.dataclass
@@ -193,6 +201,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
     if config.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f'on_nonfinite must be "stop" or "skip", got {config.on_nonfinite!r}')
     task = _check_task(config, info)
+    _check_best_metric(config, task)
     if dataset is None:
         dataset = _load_for_model(config, info, task)
     aug = config.augment
@@ -315,6 +324,18 @@ def _check_task(config, info) -> str:
     return task
 
 
+def _check_best_metric(config, task: str) -> None:
+    """``best.metric`` is ``none`` or a test value this task's evaluation produces."""
+    metric = config.get("best", {}).get("metric", "none")
+    segmentation_only = ("test_mean_iou", "test_pixel_accuracy")
+    known = [m for m in BEST_METRICS if task == "segmentation" or m not in segmentation_only]
+    if metric not in (*known, "none"):
+        raise ValueError(
+            f"best.metric must be one of {', '.join([*known, 'none'])} for a {task} run, "
+            f"got {metric!r}"
+        )
+
+
 def _load_for_model(config, info, task: str = "classification") -> Dataset:
     """Load ``config.dataset``, fitted to the model's paper input when natively too small
     (classification only: resizing would not move segmentation masks)."""
@@ -428,6 +449,7 @@ class _Session:
     contract: Any  # cnnjax.train.workdir's record of the run, committed once restore succeeds
     initial: TrainState  # the fresh host state (restored into, or trained from)
     lock: Any = None  # the open WORKDIR/.cnnjax.lock (primary process), closed when train ends
+    best_checkpointer: Checkpointer | None = None  # WORKDIR/checkpoints_best; None: metric none
 
     def say(self, text: str) -> None:
         if self.verbose and self.primary:
@@ -463,13 +485,13 @@ def _train_session(session: _Session, config, hooks, verbose: bool) -> TrainResu
     loop = _restore(session)
     if session.checkpointer.restored_step is not None and loop.step >= session.run.total_steps:
         return _already_finished(session, loop)
+    _announce(session)  # before the bar exists: a tqdm bar drawn first would share its line
     progress = Progress(
         session.run.total_steps,
         loop.step,
         log_every=config.log_every_steps,
         enabled=verbose and session.primary,
     )
-    _announce(session)
     with _StopRequest() as stop:
         actions = [*_make_actions(session, progress, loop), CheckStop(stop)]
         _step_loop(session, loop, actions, hooks)
@@ -505,13 +527,16 @@ def _open_session(config, workdir, verbose: bool) -> _Session:
     preflight(workdir, initial, primary=primary)
     lock = lock_workdir(workdir, primary=primary)  # before orbax touches checkpoints/
     checkpointer = Checkpointer(
-        workdir / "checkpoints",
+        workdir / LATEST_DIR,
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
+    best = None
+    if config.best.metric != "none":  # saved synchronously: best.json names a committed step
+        best = Checkpointer(workdir / BEST_DIR, keep=1, async_save=False)
     writer = MetricsWriter(workdir, enabled=primary)
     return _Session(
-        config, run, workdir, primary, verbose, checkpointer, writer, contract, initial, lock
+        config, run, workdir, primary, verbose, checkpointer, writer, contract, initial, lock, best
     )
 
 
@@ -540,7 +565,33 @@ def _restore(session: _Session) -> LoopState:
         epoch_offset=float(meta.get("epoch_time", 0.0)) if step % run.steps_per_epoch else 0.0,
     )
     loop.saved_step = session.checkpointer.latest_step()
+    loop.best = _restore_best(session, resumed=session.checkpointer.restored_step is not None)
     return loop
+
+
+def _restore_best(session: _Session, *, resumed: bool) -> dict | None:
+    """The run's best record (from its best checkpoint's meta), or ``None``.
+
+    A fresh start clears ``checkpoints_best`` and ``best.json`` (they belong to a run whose
+    checkpoints are gone); so does a changed ``best.metric`` (a new best is kept from then on).
+    A best saved after the restored step (by a session killed before its next checkpoint) is
+    kept: it is a state of this run, and the rerun replaces it only by a better one."""
+    best = session.best_checkpointer
+    if best is None:
+        return None
+    record = best.read_meta().get("best") if resumed else None
+    metric = session.config.best.metric
+    if record is not None and record.get("metric") == metric:
+        return record
+    stale = best.all_steps()
+    if stale:
+        why = f"best.metric is now {metric}" if resumed else "the run starts afresh"
+        session.say(f"clearing best checkpoint(s) {stale} in {best.directory}: {why}")
+    for step in stale:
+        best.delete(step)
+    if session.primary:
+        (session.workdir / "best.json").unlink(missing_ok=True)
+    return None
 
 
 def _announce(session: _Session) -> None:
@@ -577,11 +628,28 @@ def _make_actions(session: _Session, progress: Progress, loop: LoopState) -> lis
             eval_every=config.eval_every_epochs,
             total_steps=total,
         ),
+        *_keep_best(session, progress),
         SaveCheckpoint(
             Every(spe, total, steps=every_save, epochs=None if every_save else 1),
             checkpointer=session.checkpointer,
             meta=_meta(session),
         ),
+    ]
+
+
+def _keep_best(session: _Session, progress: Progress) -> list:
+    """``[KeepBest]`` at every epoch end (it acts where a test evaluation ran), or ``[]``."""
+    if session.best_checkpointer is None:
+        return []
+    return [
+        KeepBest(
+            Every(session.run.steps_per_epoch, session.run.total_steps, epochs=1),
+            metric=session.config.best.metric,
+            checkpointer=session.best_checkpointer,
+            path=session.workdir / "best.json",
+            progress=progress,
+            meta=_meta(session),
+        )
     ]
 
 
@@ -614,6 +682,7 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
     checkpointer = session.checkpointer
     ckpt_path = checkpointer.path() if checkpointer.latest_step() is not None else None
     checkpointer.close()
+    _close_best(session)
     session.writer.close()
     if loop.stop_reason == "nonfinite":
         raise NonFiniteError(loop.first_nonfinite, loop.step, ckpt_path)
@@ -628,6 +697,7 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
             "run the same command again to resume"
         )
     else:
+        _say_best(session, loop.best)
         unit = "pixels" if "mean_iou" in test else "images"
         iou = f", mean IoU {test['mean_iou']:.4f}" if "mean_iou" in test else ""
         session.say(
@@ -641,7 +711,20 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
         step=loop.step,
         interrupted=interrupted,
         workdir=session.workdir,
+        best=loop.best,
     )
+
+
+def _close_best(session: _Session) -> None:
+    if session.best_checkpointer is not None:
+        session.best_checkpointer.close()
+
+
+def _say_best(session: _Session, best: dict | None) -> None:
+    """``best: epoch 3, test_accuracy 97.50% (step 135); checkpoint …`` (before the last line)."""
+    if best:
+        path = checkpoint_directory(session.workdir, "best") / str(best["step"])
+        session.say(f"{describe_best(best)} (step {best['step']}); checkpoint {path}")
 
 
 def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
@@ -649,10 +732,12 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
     checkpointer, step = session.checkpointer, loop.step
     path = checkpointer.path(checkpointer.restored_step)
     checkpointer.close()
+    _close_best(session)
     session.writer.close()
     test = finished_test_metrics(session.workdir, step)
     if test is None:  # no record (e.g. metrics.jsonl removed): score the checkpoint
         test = _run_eval(session.run, loop.state)
+    _say_best(session, loop.best)
     session.say(
         f"already finished at step {step} (test accuracy {test['accuracy']:.2%}); nothing to "
         f"train. Checkpoint {path}; to train longer, pass more --epochs with --extend"
@@ -665,6 +750,7 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
         interrupted=False,
         workdir=session.workdir,
         already_finished=True,
+        best=loop.best,
     )
 
 
@@ -705,11 +791,15 @@ def evaluate(
     dataset: str | None = None,
     step: int | None = None,
     parallel: str = "none",
+    checkpoint: str = "latest",
+    progress: bool = False,
 ) -> EvalResult:
     """Score the checkpoint (latest, or ``step``) of the run in ``workdir`` on a test split.
 
-    ``dataset`` replaces the run's own (e.g. evaluate a digits model on ``npz:...``); it must
-    have the same class count and a compatible image shape.
+    ``checkpoint="best"`` reads ``WORKDIR/checkpoints_best`` (the best test evaluation's state)
+    instead of ``WORKDIR/checkpoints``. ``dataset`` replaces the run's own (e.g. evaluate a
+    digits model on ``npz:...``); it must have the same class count and a compatible image
+    shape. ``progress`` shows a bar with an estimate on stderr when scoring takes a while.
     """
     workdir = pathlib.Path(workdir)
     config = load_workdir_config(workdir)
@@ -718,7 +808,13 @@ def evaluate(
     if dataset is not None:
         config.dataset = dataset
     run = build_run(config)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
+    directory = checkpoint_directory(workdir, checkpoint)
+    if checkpoint == "best" and not directory.is_dir():
+        raise FileNotFoundError(
+            f"{workdir} has no best checkpoint ({directory} does not exist): the run kept none "
+            "(best.metric none, or trained before best checkpoints existed)"
+        )
+    checkpointer = Checkpointer(directory, keep=config.checkpoint.keep)
     try:  # the newest intact checkpoint; damaged ones are reported, left in place
         state, _ = checkpointer.restore(run.initial_state(), step, quarantine=False)
     finally:
@@ -740,10 +836,11 @@ def evaluate(
         logits = run.model.apply(variables, images, train=False).astype(jnp.float32)
         return logits
 
+    batches_ = _eval_progress(run, int(state.step), progress)
     if run.task == "segmentation":
-        return _evaluate_segmentation(run, variables, predict, int(state.step))
+        return _evaluate_segmentation(run, variables, predict, int(state.step), batches_)
     predictions, labels, losses = [], [], []
-    for batch in run.eval_batches():
+    for batch in batches_:
         logits = np.asarray(predict(variables, batch["image"]))
         keep = batch["mask"] > 0
         logits, y = logits[keep], batch["label"][keep]
@@ -766,7 +863,16 @@ def evaluate(
     )
 
 
-def _evaluate_segmentation(run: Run, variables, predict, step: int) -> EvalResult:
+def _eval_progress(run: Run, step: int, enabled: bool):
+    """The test batches, with a progress bar and estimate on stderr when scoring takes a while."""
+    from cnnjax.progress import track
+
+    size = run.config.eval_batch_size or run.config.batch_size
+    total = num_batches(len(run.dataset.test), size, train=False)
+    return track(run.eval_batches(), total, f"eval step {step}", "batch", enabled=enabled)
+
+
+def _evaluate_segmentation(run: Run, variables, predict, step: int, batches_) -> EvalResult:
     """Per-pixel predictions, loss over labelled pixels, confusion and IoU on the test split."""
     from cnnjax.data.pipeline import IGNORE_INDEX
     from cnnjax.train.tasks import _crop_labels
@@ -775,7 +881,7 @@ def _evaluate_segmentation(run: Run, variables, predict, step: int) -> EvalResul
     predictions, labels = [], []
     confusion = np.zeros((k, k), np.int64)
     loss_sum = 0.0
-    for batch in run.eval_batches():
+    for batch in batches_:
         logits = np.asarray(predict(variables, batch["image"]))
         keep = batch["mask"] > 0
         logits = logits[keep]

@@ -117,6 +117,7 @@ def format_stats(stats: dict) -> str:
         ("loss_scale", "loss scale {:.0f}"),
         ("images_per_sec", "{:.0f} img/s"),
         ("wall_time", "{:.1f}s"),
+        ("best", "| {}"),
     )
     parts = []
     for key, text in formats:
