@@ -524,7 +524,8 @@ def _open_session(config, workdir, verbose: bool) -> _Session:
         config = contract.config
         run = build_run(config, dataset=run.dataset)
     initial = run.initial_state()
-    preflight(workdir, initial, primary=primary)
+    keeps_best = str(config.best.metric) != "none"
+    preflight(workdir, initial, primary=primary, checkpoints=3 if keeps_best else 2)
     lock = lock_workdir(workdir, primary=primary)  # before orbax touches checkpoints/
     checkpointer = Checkpointer(
         workdir / LATEST_DIR,

@@ -24,7 +24,8 @@ starts.
   ``--workdir``), and ``config.json`` untouched.
 
 :func:`preflight` checks, before any training time is spent: the workdir can be created and
-written, the metrics file can be appended to, and the disk has room for two checkpoints.
+written, the metrics file can be appended to, and the disk has room for two checkpoints (three
+with a best checkpoint).
 """
 
 from __future__ import annotations
@@ -160,9 +161,12 @@ def _extension_rule(config) -> str:
     return "goes on unchanged"
 
 
-def preflight(workdir: str | os.PathLike, state: Any, *, primary: bool = True) -> None:
+def preflight(
+    workdir: str | os.PathLike, state: Any, *, primary: bool = True, checkpoints: int = 2
+) -> None:
     """Fail fast, before training: workdir creatable and writable, metrics file appendable,
-    free disk for two checkpoints of ``state`` (a host train state; its array bytes).
+    free disk for ``checkpoints`` checkpoints of ``state`` (a host train state; its array bytes):
+    two for the latest (one being written while the previous stays), one more for a best.
 
     Raises ``OSError`` subclasses with a one-line message naming the path.
     """
@@ -184,12 +188,12 @@ def preflight(workdir: str | os.PathLike, state: Any, *, primary: bool = True) -
             pass
     except OSError as e:
         raise type(e)(f"metrics file {metrics} is not writable: {e.strerror or e}") from None
-    need = 2 * state_bytes(state)
+    need = checkpoints * state_bytes(state)
     free = shutil.disk_usage(workdir).free
     if free < need:
         raise OSError(
-            f"not enough disk for {workdir}: {_mb(free)} free, two checkpoints need about "
-            f"{_mb(need)}; free some space or use another --workdir"
+            f"not enough disk for {workdir}: {_mb(free)} free, {checkpoints} checkpoints need "
+            f"about {_mb(need)}; free some space or use another --workdir"
         )
 
 
