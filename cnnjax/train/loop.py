@@ -32,8 +32,8 @@ for a confusion matrix.
 
 Task ``segmentation`` (``config.task``, default the model's registry task): the steps of
 :mod:`cnnjax.train.tasks` (per-pixel cross-entropy through the same guarded
-:func:`~cnnjax.train.steps.train_step`); labels are ``(N, H, W)`` masks; augmentation must be
-off (crop/flip would have to move the masks too); ``accuracy`` is the pixel accuracy, and every
+:func:`~cnnjax.train.steps.train_step`); labels are ``(N, H, W)`` masks, cropped and flipped
+with their images; ``accuracy`` is the pixel accuracy, and every
 test record adds ``pixel_accuracy`` and ``mean_iou`` (the final one also per-class ``iou``,
 ``null`` for a class absent from labels and predictions); :func:`evaluate` returns per-pixel
 predictions and labels.
@@ -57,9 +57,9 @@ import ml_collections
 import numpy as np
 
 from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batches
-from cnnjax.data.augment import device_augment, device_normalize
+from cnnjax.data.augment import device_normalize
 from cnnjax.data.classes import save_class_names
-from cnnjax.data.pipeline import prefetch_to_device
+from cnnjax.data.pipeline import default_workers, device_preprocess, in_memory, prefetch_to_device
 from cnnjax.train.actions import (
     CheckStop,
     Every,
@@ -145,6 +145,7 @@ class Run:
     normalize_on_host: bool
     schedule: Callable[[int], Any] | None = None  # learning rate per optimiser update
     task: str = "classification"  # or "segmentation"
+    workers: int = 0  # grain threads assembling training batches (config data.workers)
 
     def initial_state(self) -> TrainState:
         """A fresh host (NumPy) train state from the config's seed."""
@@ -169,6 +170,8 @@ class Run:
             process_count=jax.process_count(),
             augment=self.host_augment,
             normalize_images=self.normalize_on_host,
+            defer_augment=not self.normalize_on_host,  # crop/flip/normalise in the step
+            workers=self.workers,
         )
 
     def eval_batches(self, dataset: Dataset | None = None):
@@ -238,16 +241,13 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         accumulate_steps=accumulate,
         loss_scale=LOSS_SCALE if config.dtype == "float16" else None,
     )
+    host_augment = AugmentConfig(aug.padding, aug.flip, crop)
+    on_device = in_memory(dataset) if aug.on_device is None else aug.on_device
     device_aug = None
     preprocess = None
-    if aug.on_device:
+    if on_device:
         device_aug = functools.partial(
-            device_augment,
-            mean=dataset.mean,
-            std=dataset.std,
-            padding=aug.padding,
-            flip=aug.flip,
-            size=(crop, crop) if crop else None,
+            device_preprocess, augment=host_augment, mean=dataset.mean, std=dataset.std
         )
         preprocess = functools.partial(device_normalize, mean=dataset.mean, std=dataset.std)
     train_fn = functools.partial(
@@ -270,7 +270,9 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         raise ValueError("a multi-process run needs --parallel pmap or sharded (or auto)")
     driver.check_batch_size(config.batch_size)
     driver.check_batch_size(config.eval_batch_size or config.batch_size)
-    host_augment = AugmentConfig(aug.padding, aug.flip, crop)
+    workers = config.get("data", {}).get("workers")
+    if workers is None:
+        workers = 0 if in_memory(dataset) else default_workers()
     return Run(
         config=config,
         dataset=dataset,
@@ -280,11 +282,12 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         input_shape=input_shape,
-        host_augment=None if aug.on_device else host_augment,
+        host_augment=host_augment,
         eval_augment=AugmentConfig(crop_size=crop),
-        normalize_on_host=not aug.on_device,
+        normalize_on_host=not on_device,
         schedule=schedule,
         task=task,
+        workers=workers,
     )
 
 
@@ -299,13 +302,6 @@ def _check_task(config, info) -> str:
     if task != info.task:
         raise ValueError(
             f"model {config.model!r} is a {info.task} model; it cannot train task={task!r}"
-        )
-    aug = config.augment
-    if task == "segmentation" and (aug.padding or aug.flip or aug.crop_size):
-        raise ValueError(
-            "task=segmentation trains without augmentation (crop/flip would have to move the "
-            f"masks too); got augment.padding={aug.padding}, flip={aug.flip}, "
-            f"crop_size={aug.crop_size}"
         )
     if task == "segmentation" and config.label_smoothing:
         raise ValueError(
