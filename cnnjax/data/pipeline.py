@@ -316,7 +316,8 @@ def prefetch_to_device(
 
     A daemon thread pulls from ``iterator``, transfers, and queues; the consumer therefore never
     waits for the host as long as producing a batch is faster than a step. Exceptions raised while
-    producing are re-raised in the consumer; closing the generator stops the thread and joins it.
+    producing are re-raised in the consumer; closing the generator stops the thread, which closes
+    ``iterator`` (when it can be closed), and joins it.
     """
     buffer: queue.Queue = queue.Queue(maxsize=max(1, size))
     stop = threading.Event()
@@ -338,6 +339,8 @@ def prefetch_to_device(
             offer(_Stop())
         except BaseException as e:  # handed to the consumer
             offer(_Stop(e))
+        finally:  # stops the reader threads of a batches(..., workers=N) stream
+            getattr(iterator, "close", lambda: None)()
 
     thread = threading.Thread(target=produce, daemon=True, name="cnnjax-prefetch")
     thread.start()
