@@ -21,7 +21,7 @@ from cnnjax.data import AugmentConfig, batches, device_preprocess, load_dataset
 from cnnjax.data.pipeline import IGNORE_INDEX
 from cnnjax.data.segmentation import BACKGROUND, INK
 from cnnjax.train import apply_overrides, default_config, train
-from cnnjax.train.actions import LogProgress, LoopState, RecordEpoch, SaveCheckpoint
+from cnnjax.train.actions import LogProgress, RecordEpoch, SaveCheckpoint
 from cnnjax.train.loop import build_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -179,8 +179,8 @@ def _config(*overrides):
             "impl=xla",
             "parallel=none",
             "batch_size=128",
-            "num_steps=4",
-            "log_every_steps=2",
+            "num_steps=8",
+            "log_every_steps=4",
             "eval_batch_size=450",
             "augment.padding=2",
             "augment.flip=True",
@@ -196,27 +196,6 @@ def _stop_after(step):
             os.kill(os.getpid(), __import__("signal").SIGTERM)
 
     return hook
-
-
-def test_host_then_device_augmentation_resumes_bit_identically(tmp_path):
-    """A run recorded with ``augment.on_device=False`` (the old default) and interrupted at
-    step 3 resumes under the new default (on device) and ends with exactly the parameters of an
-    uninterrupted on-device run; rerun with the old setting it is finished, not "another run"."""
-    whole = train(_config(), tmp_path / "whole", verbose=False)
-    assert whole.step == 4
-    first = train(
-        _config("augment.on_device=False"),
-        tmp_path / "split",
-        hooks=[_stop_after(3)],
-        verbose=False,
-    )
-    assert first.interrupted and first.step == 3
-    second = train(_config(), tmp_path / "split", verbose=False)
-    assert second.step == 4 and not second.interrupted
-    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(second.state), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    again = train(_config("augment.on_device=False"), tmp_path / "split", verbose=False)
-    assert again.already_finished
 
 
 class _SyncWatch:
@@ -249,6 +228,9 @@ class _SyncWatch:
         return wrapped
 
 
+READ = "Array._value (float/int/item/tolist)"
+
+
 def _watch_syncs(monkeypatch) -> _SyncWatch:
     """Arm a :class:`_SyncWatch` over the step loop, disarmed inside the periodic actions
     (log points, epoch ends, saves: where the loop may read the device)."""
@@ -257,14 +239,13 @@ def _watch_syncs(monkeypatch) -> _SyncWatch:
     value = array_type._value
 
     def read_value(self):
-        watch.note("Array._value (float/int/item/np.asarray)")
+        watch.note(READ)
         return value.fget(self)
 
     monkeypatch.setattr(array_type, "_value", property(read_value))
     for module, name in ((jax, "device_get"), (jax, "block_until_ready"), (np, "asarray")):
-        monkeypatch.setattr(
-            module, name, watch.wrap(f"{module.__name__}.{name}", getattr(module, name))
-        )
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, watch.wrap(f"{module.__name__}.{name}", fn))
     for action in (LogProgress, RecordEpoch, SaveCheckpoint):
         monkeypatch.setattr(action, "__call__", watch.disarmed(action.__call__))
     step_loop = loop_module._step_loop
@@ -280,20 +261,57 @@ def _watch_syncs(monkeypatch) -> _SyncWatch:
     return watch
 
 
-def test_the_loop_never_waits_for_the_device_between_log_points(tmp_path, monkeypatch):
-    """Between log points, epoch ends and saves the loop only dispatches: the one wait is the
-    session's first step (kept out of img/s). A per-step ``float(loss)`` is caught."""
+@pytest.fixture(scope="module")
+def watched_run(tmp_path_factory):
+    """An uninterrupted 8-step run (on-device augmentation, the default for digits) with the
+    step loop watched for host syncs: ``(result, events)``."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        watch = _watch_syncs(monkeypatch)
+        result = train(_config(), tmp_path_factory.mktemp("whole"), verbose=False)
+    return result, watch.events
+
+
+def test_host_then_device_augmentation_resumes_bit_identically(watched_run, tmp_path):
+    """A run recorded with ``augment.on_device=False`` (the old default) and interrupted at
+    step 5 resumes under the new default (on device) and ends with exactly the parameters of an
+    uninterrupted on-device run; rerun with the old setting it is finished, not "another run"."""
+    whole, _ = watched_run
+    assert whole.step == 8
+    first = train(
+        _config("augment.on_device=False"),
+        tmp_path / "split",
+        hooks=[_stop_after(5)],
+        verbose=False,
+    )
+    assert first.interrupted and first.step == 5
+    second = train(_config(), tmp_path / "split", verbose=False)
+    assert second.step == 8 and not second.interrupted
+    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(second.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    again = train(_config("augment.on_device=False"), tmp_path / "split", verbose=False)
+    assert again.already_finished
+
+
+def test_the_loop_never_waits_for_the_device_between_log_points(watched_run):
+    """Between log points (every 4 steps), epoch ends and saves the loop only dispatches: the
+    one wait is the session's first step (kept out of img/s)."""
+    _, events = watched_run
+    assert events == ["jax.block_until_ready"], events
+
+
+def test_the_sync_watch_catches_a_per_step_read(monkeypatch):
+    """The watch of the test above sees what a careless loop does: ``float(loss)``,
+    ``np.asarray``, ``jax.device_get`` of a device array, while the step loop runs."""
     watch = _watch_syncs(monkeypatch)
-    train(_config("num_steps=6", "log_every_steps=3"), tmp_path / "run", verbose=False)
-    assert watch.events == ["jax.block_until_ready"], watch.events
-
-    after_step = LoopState.after_step
-
-    def syncing_after_step(self, metrics):
-        after_step(self, metrics)
-        float(metrics["loss"])  # what a careless loop does
-
-    monkeypatch.setattr(LoopState, "after_step", syncing_after_step)
-    watch.events.clear()
-    train(_config("num_steps=6", "log_every_steps=3"), tmp_path / "bad", verbose=False)
-    assert watch.events.count("Array._value (float/int/item/np.asarray)") == 6
+    loss = jnp.ones(()) * 2
+    float(loss)  # not armed: outside the step loop
+    assert watch.events == []
+    watch.armed = True
+    watch.disarmed(lambda: float(loss))()  # inside an action
+    assert watch.events == []
+    float(loss)
+    assert watch.events == [READ]
+    np.asarray(loss + 1)
+    assert watch.events[1:] == ["numpy.asarray"]
+    jax.device_get(loss + 2)
+    assert watch.events[2] == "jax.device_get"

@@ -22,7 +22,7 @@ where ``b = batch_size // process_count`` is this process's share of the global 
   carries the raw ``uint8`` images plus the drawn ``"crop"`` offsets ``int32 (b, 2)`` and
   ``"flip"`` flags ``bool (b,)``; :func:`device_preprocess` inside the jitted step crops, flips
   and normalises. ``device_preprocess(batches(..., defer_augment=True))`` equals
-  ``batches(...)`` (bit for bit on CPU): same randomness, same pixels, same constants.
+  ``batches(...)`` bit for bit: same randomness, same pixels, same normalisation table.
 * **Workers** (``workers > 0``): batches are assembled (read/decode, augment) by a
   ``grain.MapDataset`` over the batch numbers, read ahead by ``workers`` threads in order
   (``grain.ReadOptions``); the stream is the same batch for batch, and ``start_batch`` resumes it
