@@ -5,6 +5,7 @@ loop never waits for the device between log points."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -101,6 +102,9 @@ def test_on_device_is_the_default_for_in_memory_data_only(tmp_path):
     apply_overrides(config, ["augment.on_device=True", "data.workers=0"])
     run = build_run(config)
     assert not run.normalize_on_host and run.workers == 0
+    apply_overrides(config, ["data.workers=-1"])
+    with pytest.raises(ValueError, match=r"data\.workers must be >= 0"):
+        build_run(config)
 
 
 def _image_folder(root: pathlib.Path, count: int, size: int = 12) -> pathlib.Path:
@@ -157,6 +161,7 @@ def test_a_run_with_workers_exits_cleanly_leaving_no_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "terminate called" not in result.stderr and "test accuracy" in result.stdout
     assert not _processes_naming(str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["data"]["workers"] == 2
 
 
 def _processes_naming(text: str) -> list[int]:

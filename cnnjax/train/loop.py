@@ -273,6 +273,8 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
     workers = config.get("data", {}).get("workers")
     if workers is None:
         workers = 0 if in_memory(dataset) else default_workers()
+    if workers < 0:
+        raise ValueError(f"data.workers must be >= 0 (0: no reader threads), got {workers}")
     return Run(
         config=config,
         dataset=dataset,
