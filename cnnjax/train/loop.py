@@ -145,7 +145,7 @@ class Run:
     normalize_on_host: bool
     schedule: Callable[[int], Any] | None = None  # learning rate per optimiser update
     task: str = "classification"  # or "segmentation"
-    workers: int = 0  # grain threads assembling training batches (config data.workers)
+    workers: int = 0  # grain threads assembling batches (config data.workers)
 
     def initial_state(self) -> TrainState:
         """A fresh host (NumPy) train state from the config's seed."""
@@ -183,6 +183,7 @@ class Run:
             process_count=jax.process_count(),
             augment=self.eval_augment,
             normalize_images=self.normalize_on_host,
+            workers=self.workers,
         )
 
 
