@@ -94,6 +94,12 @@ def test_on_device_is_the_default_for_in_memory_data_only(tmp_path):
     assert config.augment.on_device is None and config.data.workers is None
     run = build_run(config)
     assert not run.normalize_on_host and run.workers == 0  # digits: in memory
+    # Run's batches stay finished on the host for other consumers (experiments/train_nnx.py);
+    # the loop asks for them deferred.
+    assert next(run.train_batches(0))["image"].dtype == np.float32
+    assert next(run.eval_batches())["image"].dtype == np.float32
+    assert next(run.train_batches(0, deferred=True))["image"].dtype == np.uint8
+    assert next(run.eval_batches(deferred=True))["image"].dtype == np.uint8
     root = tmp_path / "imgs"
     _image_folder(root, count=4)
     apply_overrides(config, [f"dataset=folder:{root}", "val_split=0.5", "batch_size=4"])

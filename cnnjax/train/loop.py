@@ -158,7 +158,11 @@ class Run:
         )
         return jax.device_get(state)
 
-    def train_batches(self, epoch: int, start_batch: int = 0):
+    def train_batches(self, epoch: int, start_batch: int = 0, *, deferred: bool = False):
+        """One epoch's training batches from ``start_batch``: finished on the host (float32,
+        augmented), or with ``deferred=True`` as the run's step takes them (raw ``uint8`` plus
+        the crop/flip draws when augmentation runs on the device)."""
+        device = deferred and not self.normalize_on_host
         return batches(
             self.dataset,
             batch_size=self.config.batch_size,
@@ -169,12 +173,14 @@ class Run:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             augment=self.host_augment,
-            normalize_images=self.normalize_on_host,
-            defer_augment=not self.normalize_on_host,  # crop/flip/normalise in the step
+            normalize_images=not device,
+            defer_augment=device,
             workers=self.workers,
         )
 
-    def eval_batches(self, dataset: Dataset | None = None):
+    def eval_batches(self, dataset: Dataset | None = None, *, deferred: bool = False):
+        """Evaluation batches, normalised on the host, or with ``deferred=True`` as the run's
+        eval step takes them (``uint8`` when normalisation runs on the device)."""
         return batches(
             dataset or self.dataset,
             batch_size=self.config.eval_batch_size or self.config.batch_size,
@@ -182,7 +188,7 @@ class Run:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             augment=self.eval_augment,
-            normalize_images=self.normalize_on_host,
+            normalize_images=not (deferred and not self.normalize_on_host),
             workers=self.workers,
         )
 
@@ -386,7 +392,7 @@ def _run_eval(
     total = None
     start = time.perf_counter()
     for batch in prefetch_to_device(
-        run.eval_batches(dataset), driver.put_batch, run.config.prefetch
+        run.eval_batches(dataset, deferred=True), driver.put_batch, run.config.prefetch
     ):
         m = driver.eval_step(state, batch)
         total = m if total is None else jax.tree.map(jnp.add, total, m)
@@ -591,7 +597,7 @@ def _step_loop(session: _Session, loop: LoopState, actions: list, hooks) -> None
     while loop.step < total and loop.stop_reason is None:
         epoch = loop.step // spe
         epoch_end = min((epoch + 1) * spe, total)
-        stream = run.train_batches(epoch, loop.step % spe)
+        stream = run.train_batches(epoch, loop.step % spe, deferred=True)
         feed = prefetch_to_device(stream, run.driver.put_batch, config.prefetch)
         try:
             for batch in feed:
@@ -742,7 +748,7 @@ def evaluate(
     if run.task == "segmentation":
         return _evaluate_segmentation(run, variables, predict, int(state.step))
     predictions, labels, losses = [], [], []
-    for batch in run.eval_batches():
+    for batch in run.eval_batches(deferred=True):
         logits = np.asarray(predict(variables, batch["image"]))
         keep = batch["mask"] > 0
         logits, y = logits[keep], batch["label"][keep]
@@ -774,7 +780,7 @@ def _evaluate_segmentation(run: Run, variables, predict, step: int) -> EvalResul
     predictions, labels = [], []
     confusion = np.zeros((k, k), np.int64)
     loss_sum = 0.0
-    for batch in run.eval_batches():
+    for batch in run.eval_batches(deferred=True):
         logits = np.asarray(predict(variables, batch["image"]))
         keep = batch["mask"] > 0
         logits = logits[keep]
