@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-bad-files", action="store_true", help="folder data: skip unreadable images"
     )
     p.add_argument(
+        "--data-workers",
+        type=int,
+        metavar="N",
+        help="threads reading and decoding batches ahead (config data.workers; 0: none; "
+        "default: min(cpus, 8) for folder/TFDS data, 0 for in-memory data)",
+    )
+    p.add_argument(
         "--no-resume", action="store_true", help="refuse to resume (workdir must be fresh)"
     )
     p.add_argument(
@@ -293,6 +300,8 @@ def _train(args: argparse.Namespace) -> int:
         config.resume = False
     if args.extend:
         config.extend = True
+    if args.data_workers is not None:
+        config.data.workers = args.data_workers
     for key, value in (
         ("coordinator", args.coordinator),
         ("num_processes", args.num_processes),

@@ -80,12 +80,16 @@ def test_bench_train_tiny_reports_every_variant_and_appends_markdown(tmp_path, c
 def test_bench_data_tiny_host_and_device(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CNNJAX_PROGRESS_DELAY", "0")
     path = tmp_path / "data.json"
-    assert main(["bench", "data", "digits", "--tiny", "--json", str(path)]) == 0
+    argv = ["bench", "data", "digits", "--tiny", "--workers", "0,2", "--json", str(path)]
+    assert main(argv) == 0
     result = json.loads(path.read_text())
-    assert [r["variant"] for r in result["results"]] == [
-        "host augmentation",
-        "device augmentation",
+    assert [(r["variant"], r["workers"]) for r in result["results"]] == [
+        ("host augmentation", 0),
+        ("host augmentation", 2),
+        ("device augmentation", 0),
+        ("device augmentation", 2),
     ]
+    assert result["results"][0]["vs_first"] == 1.0
     assert all(r["img_per_s"] > 0 for r in result["results"])
     assert result["meta"]["augment"] == {"padding": 4, "flip": True, "crop_size": None}
     captured = capsys.readouterr()

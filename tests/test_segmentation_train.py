@@ -1,6 +1,6 @@
 """The segmentation task in the one training loop: ``cnnjax train unet --dataset digits_seg``
 (metrics.jsonl records with pixel accuracy and mean IoU), ``cnnjax eval`` (IoU lines and the
-masks PNG), resume, and the task / label / augmentation checks of ``build_run``."""
+masks PNG), resume, and the task / label checks of ``build_run``."""
 
 from __future__ import annotations
 
@@ -146,11 +146,12 @@ def test_build_run_rejects_a_wrong_task_or_option(changes, message):
         build_run(_config(**changes))
 
 
-def test_build_run_rejects_augmentation_for_segmentation():
+def test_build_run_accepts_augmentation_for_segmentation():
+    """Crop and flip move the masks with their images (tests/test_input_pipeline.py)."""
     config = _config()
-    config.augment.flip = True
-    with pytest.raises(ValueError, match="without augmentation"):
-        build_run(config)
+    config.augment.flip, config.augment.padding = True, 2
+    run = build_run(config)
+    assert run.host_augment.flip and run.host_augment.padding == 2
 
 
 def test_classification_model_refuses_the_segmentation_task():

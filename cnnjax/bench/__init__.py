@@ -2,7 +2,7 @@
 
     cnnjax bench ops [--batch 8] [--repeats 15] [--json out.json]
     cnnjax bench train MODEL [--batch 128] [--steps 10] [--dtype float32,bfloat16] [--tiny]
-    cnnjax bench data DATASET [--batch 128] [--steps 20] [--padding 4] [--tiny]
+    cnnjax bench data DATASET [--batch 128] [--steps 20] [--padding 4] [--workers 0,2] [--tiny]
 
 One module per suite (:mod:`~cnnjax.bench.ops`, :mod:`~cnnjax.bench.train`,
 :mod:`~cnnjax.bench.data`), each with ``run_from_args(args)``; the arguments are defined here
@@ -107,7 +107,8 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
         "data",
         help="input-pipeline throughput (img/s) with the training augmentation",
         description="Input pipeline alone: batches of DATASET with random crop (zero padding) "
-        "and flip, on the host (NumPy) and on the device (jitted), copied to the device. "
+        "and flip, on the host (NumPy) and on the device (jitted), copied to the device, "
+        "with each --workers count of grain reader threads. "
         "Reports medians: img/s and ms per batch.",
     )
     p.add_argument("dataset", help="digits | synthetic | npz:PATH | folder:PATH | TFDS name")
@@ -116,6 +117,16 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
     p.add_argument("--crop-size", type=int, help="crop side in px (default: the image size)")
     p.add_argument("--image-size", type=int, help="fit images to this side first (px)")
+    p.add_argument(
+        "--workers",
+        default="0",
+        help="comma list of data.workers counts (grain reader threads) to compare (default 0)",
+    )
+    p.add_argument(
+        "--augment-on",
+        default="host,device",
+        help="where to crop/flip/normalise: host, device or both (default host,device)",
+    )
     p.set_defaults(bench_module="data")
 
 

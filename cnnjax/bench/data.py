@@ -1,22 +1,25 @@
-"""``cnnjax bench data DATASET``: the input pipeline alone, in images per second.
+"""``cnnjax bench data DATASET``: the training input pipeline alone, in images per second.
 
-Two variants, timed in alternating rounds (medians over ``--repeats``):
+Variants, timed in alternating rounds (medians over ``--repeats``; ``vs first`` is each
+variant's img/s over the first's, from the same rounds), for every ``--workers`` count:
 
 * ``host``: :func:`cnnjax.data.batches` with the augmentation on the host (NumPy crop after
-  zero padding, flip, normalisation), each batch copied to the device — what the training loop
-  does with ``augment.on_device=False``.
-* ``device``: raw batches from the same pipeline copied to the device, then
-  :func:`cnnjax.data.device_augment` jitted there — ``augment.on_device=True``.
+  zero padding, flip, normalisation to float32), each batch copied to the device — what the
+  training loop does for streaming sources (``augment.on_device`` off).
+* ``device``: the same batches deferred (raw ``uint8`` images plus the host-drawn crop offsets
+  and flips) copied to the device, then :func:`cnnjax.data.device_preprocess` jitted there —
+  the default for in-memory data. Its output equals the host variant's bit for bit.
 
-Compare with ``cnnjax bench train``'s img/s: when the pipeline is slower than the step, data
-limits the run.
+``workers`` is ``data.workers``: grain threads assembling batches ahead (0: in the timed
+thread). Each round opens fresh streams, so nothing read ahead during another variant's round
+is counted. Compare with ``cnnjax bench train``'s img/s: when the pipeline is slower than the
+step, data limits the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import statistics
 import time
 
@@ -28,18 +31,20 @@ from cnnjax.progress import progress_bar
 __all__ = ["run", "run_from_args"]
 
 
-def _batches(dataset, batch: int, augment, *, normalize: bool):
-    from cnnjax.data import batches
-
-    for epoch in itertools.count():
-        yield from batches(
-            dataset,
-            batch_size=batch,
-            train=True,
-            epoch=epoch,
-            augment=augment,
-            normalize_images=normalize,
-        )
+def _take(open_epoch, n: int, first_epoch: int):
+    """The first ``n`` batches from consecutive epochs ``open_epoch(e)``, each stream closed."""
+    taken, epoch = 0, first_epoch
+    while taken < n:
+        stream = open_epoch(epoch)
+        try:
+            for batch in stream:
+                yield batch
+                taken += 1
+                if taken == n:
+                    break
+        finally:
+            getattr(stream, "close", lambda: None)()
+        epoch += 1
 
 
 def run(
@@ -53,62 +58,77 @@ def run(
     flip: bool = True,
     crop_size: int | None = None,
     image_size: int | None = None,
+    workers: tuple[int, ...] = (0,),
+    places: tuple[str, ...] = ("host", "device"),
 ) -> dict:
     """Time ``steps`` batches of each variant per round; returns ``{"meta", "results"}``."""
-    from cnnjax.data import AugmentConfig, device_augment, load_dataset
+    from cnnjax.data import AugmentConfig, batches, device_preprocess, load_dataset
 
     for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"bench data: --{name} must be >= 1, got {value}")
+    if not workers or min(workers) < 0:
+        raise ValueError(f"bench data: --workers must be counts >= 0, got {workers}")
+    unknown = set(places) - {"host", "device"}
+    if unknown or not places:
+        raise ValueError(f"bench data: --augment-on must be host and/or device, got {places}")
     dataset = load_dataset(dataset_name, image_size=image_size)
-    host_aug = AugmentConfig(padding, flip, crop_size)
-    size = (crop_size, crop_size) if crop_size else None
-    augment_fn = jax.jit(
-        functools.partial(
-            device_augment,
-            mean=dataset.mean,
-            std=dataset.std,
-            padding=padding,
-            flip=flip,
-            size=size,
-        )
+    augment = AugmentConfig(padding, flip, crop_size)
+    finish = jax.jit(
+        functools.partial(device_preprocess, augment=augment, mean=dataset.mean, std=dataset.std)
     )
-    host_iter = _batches(dataset, batch, host_aug, normalize=True)
-    raw_iter = _batches(dataset, batch, None, normalize=False)
-    key = jax.random.key(0)
 
-    def host(n: int) -> None:
-        out = None
-        for _ in range(n):
-            b = next(host_iter)
-            out = jax.device_put(b["image"])
-        jax.block_until_ready(out)
+    def variant(place: str, count: int):
+        on_device = place == "device"
+        open_epoch = functools.partial(
+            batches,
+            dataset,
+            batch_size=batch,
+            train=True,
+            augment=augment,
+            normalize_images=not on_device,
+            defer_augment=on_device,
+            workers=count,
+        )
 
-    def device(n: int) -> None:
-        out = None
-        for i in range(n):
-            b = next(raw_iter)
-            out = augment_fn(jax.random.fold_in(key, i), jax.device_put(b["image"]))
-        jax.block_until_ready(out)
+        def timed(n: int, round_index: int) -> None:
+            out = None
+            for b in _take(lambda e: open_epoch(epoch=e), n, 1000 * round_index):
+                out = jax.device_put(b)
+                out = finish(None, out)["image"] if on_device else out["image"]
+            jax.block_until_ready(out)
 
-    variants = {"host augmentation": host, "device augmentation": device}
-    times = {name: [] for name in variants}
+        return timed
+
+    variants = {(p, w): variant(p, w) for p in places for w in workers}
+    times = {key: [] for key in variants}
     bar = progress_bar(len(variants) * (repeats + 1), f"bench data {dataset_name}", "round")
     for fn in variants.values():
-        fn(max(warmup, 1))  # compiles the device variant
+        fn(max(warmup, 1), repeats)  # compiles the device variant (epochs of no round)
         bar.update(1)
+    keys = list(variants)
     for r in range(repeats):
-        names = list(variants)[r % 2 :] + list(variants)[: r % 2]
-        for name in names:
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
             start = time.perf_counter()
-            variants[name](steps)
-            times[name].append(time.perf_counter() - start)
+            variants[key](steps, r)
+            times[key].append(time.perf_counter() - start)
             bar.update(1)
     bar.close()
+    first = keys[0]
     rows = []
-    for name, t in times.items():
+    for (place, count), t in times.items():
         batch_s = statistics.median(t) / steps
-        rows.append({"variant": name, "img_per_s": batch / batch_s, "batch_ms": 1e3 * batch_s})
+        ratio = statistics.median(a / b for a, b in zip(times[first], t, strict=True))
+        rows.append(
+            {
+                "variant": f"{place} augmentation",
+                "workers": count,
+                "img_per_s": batch / batch_s,
+                "batch_ms": 1e3 * batch_s,
+                "vs_first": ratio,
+            }
+        )
     meta = report.machine_meta()
     meta.update(
         dataset=dataset_name,
@@ -122,9 +142,11 @@ def run(
 
 
 COLUMNS = (
-    ("variant", "variant", "<24", "s"),
+    ("variant", "variant", "<22", "s"),
+    ("workers", "workers", ">8", "d"),
     ("img_per_s", "img/s", ">12", ",.0f"),
     ("batch_ms", "ms/batch", ">10", ".2f"),
+    ("vs_first", "vs first", ">9", ".2f"),
 )
 
 
@@ -142,6 +164,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         flip=not args.no_flip,
         crop_size=args.crop_size,
         image_size=args.image_size,
+        workers=tuple(int(w) for w in args.workers.split(",") if w.strip()),
+        places=tuple(p.strip() for p in args.augment_on.split(",") if p.strip()),
     )
     report.emit(result, COLUMNS, args, title=f"bench data {args.dataset}")
     return 0

@@ -15,6 +15,7 @@ from cnnjax.data.augment import (
     center_crop,
     crop,
     device_augment,
+    device_crop_flip,
     device_normalize,
     flip_horizontal,
     normalize,
@@ -23,7 +24,14 @@ from cnnjax.data.augment import (
     sample_augment_params,
 )
 from cnnjax.data.classes import load_class_names, save_class_names
-from cnnjax.data.pipeline import AugmentConfig, batches, num_batches, prefetch_to_device
+from cnnjax.data.pipeline import (
+    AugmentConfig,
+    batches,
+    device_preprocess,
+    in_memory,
+    num_batches,
+    prefetch_to_device,
+)
 from cnnjax.data.sources import (
     ArraySource,
     Dataset,
@@ -49,9 +57,12 @@ __all__ = [
     "check_labels",
     "crop",
     "device_augment",
+    "device_crop_flip",
     "device_normalize",
+    "device_preprocess",
     "fit_images",
     "flip_horizontal",
+    "in_memory",
     "list_datasets",
     "load_class_names",
     "load_dataset",

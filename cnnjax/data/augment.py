@@ -8,9 +8,17 @@ jitted step (see ``cnnjax.train.steps.train_step(augment=...)``); under ``pmap``
 each device folds its axis index into the key, so device augmentation does not reproduce the
 single-device run bit-for-bit.
 
-Which to use: host augmentation (the default) costs host time per batch but keeps the step
-unchanged and is reproducible across device counts; device augmentation (``augment.on_device``)
-sends ``uint8`` images (4x less host-to-device traffic) and does the work in the step.
+Which to use: :func:`device_crop_flip` is the exact twin of :func:`crop` + :func:`flip_horizontal`
+for randomness drawn on the host (:func:`sample_augment_params`), so the training pipeline
+(``cnnjax.data.pipeline``) can ship raw ``uint8`` images (4x less host-to-device traffic than
+float32) with their crop offsets and flip flags and let the step crop, flip and normalise: the
+batches are those of host augmentation, whatever the device count. ``augment.on_device``
+(default: on for in-memory data) chooses. :func:`device_augment` draws its own randomness from a
+``jax.random`` key instead (handy inside a custom step; not the host stream).
+
+Segmentation masks ``(N, H, W)`` go through :func:`crop` / :func:`flip_horizontal` /
+:func:`device_crop_flip` with the image's offsets and flags; their padding is ``fill``
+(the ignore index) instead of 0.
 
 Normalisation uses the data set's per-channel statistics on the ``[0, 1]`` scale:
 
@@ -29,6 +37,7 @@ __all__ = [
     "center_crop",
     "crop",
     "device_augment",
+    "device_crop_flip",
     "device_normalize",
     "flip_horizontal",
     "normalize",
@@ -38,22 +47,41 @@ __all__ = [
 ]
 
 
-def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``uint8`` (or 0-255 float) ``(N, H, W, C)`` → float32 ``(x / 255 - mean) / std``."""
-    scale = np.float32(1.0 / 255.0)
-    mean = np.asarray(mean, np.float32)
+def _normalize_constants(mean, std) -> tuple[np.float32, np.ndarray, np.ndarray]:
+    """``(1/255, mean, 1/std)`` in float32: host and device compute with the same constants."""
     inv_std = np.float32(1.0) / np.asarray(std, np.float32)
+    return np.float32(1.0 / 255.0), np.asarray(mean, np.float32), inv_std
+
+
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``uint8`` (or 0-255 float) ``(N, H, W, C)`` → float32 ``(x / 255 - mean) / std``.
+
+    Computed as ``(x * f32(1/255) - mean) * f32(1/std)``, rounding after every operation, as
+    :func:`device_normalize` does.
+    """
+    scale, mean, inv_std = _normalize_constants(mean, std)
     return ((images.astype(np.float32) * scale - mean) * inv_std).astype(np.float32)
 
 
-def crop(images: np.ndarray, offsets: np.ndarray, size: tuple[int, int], padding: int = 0):
+def _pad_widths(ndim: int, padding: int) -> tuple[tuple[int, int], ...]:
+    return ((0, 0), (padding, padding), (padding, padding)) + ((0, 0),) * (ndim - 3)
+
+
+def crop(
+    images: np.ndarray,
+    offsets: np.ndarray,
+    size: tuple[int, int],
+    padding: int = 0,
+    fill: int = 0,
+):
     """Crop a ``size`` window per image at ``offsets`` ``(N, 2)`` (row, col) of the padded image.
 
-    ``(N, H, W, C)`` → ``(N, size[0], size[1], C)``; ``padding`` zeros are added on every side
-    first, so offsets range over ``[0, H + 2 * padding - size[0]]``.
+    ``(N, H, W, C)`` (or masks ``(N, H, W)``) → ``(N, size[0], size[1], C)``; ``padding``
+    pixels of value ``fill`` are added on every side first, so offsets range over
+    ``[0, H + 2 * padding - size[0]]``.
     """
     if padding:
-        images = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        images = np.pad(images, _pad_widths(images.ndim, padding), constant_values=fill)
     n = images.shape[0]
     rows = offsets[:, 0, None] + np.arange(size[0])  # (N, size0)
     cols = offsets[:, 1, None] + np.arange(size[1])  # (N, size1)
@@ -69,8 +97,10 @@ def center_crop(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def flip_horizontal(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
-    """Mirror the images where the boolean ``flips`` ``(N,)`` is true (along W)."""
-    return np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    """Mirror the images (or masks ``(N, H, W)``) where the boolean ``flips`` ``(N,)`` is true
+    (along W)."""
+    where = flips.reshape(-1, *(1,) * (images.ndim - 1))
+    return np.where(where, images[:, :, ::-1], images)
 
 
 def sample_augment_params(
@@ -117,10 +147,51 @@ def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def device_normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """JAX form of :func:`normalize`: any dtype → float32 ``(x / 255 - mean) / std``."""
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
+    """JAX form of :func:`normalize`: any dtype → float32 ``(x / 255 - mean) / std``.
+
+    ``uint8`` images are looked up in a ``(256, C)`` table that :func:`normalize` computed on
+    the host, so the result is bit-identical to the host form on every backend (an arithmetic
+    form is not: XLA contracts ``x * s - m`` into one fused multiply-add, an ulp away from
+    NumPy's two roundings). Other dtypes use the arithmetic form.
+    """
+    if images.dtype == jnp.uint8:
+        channels = images.shape[-1]
+        levels = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, channels))
+        table = jnp.asarray(normalize(levels, mean, std).ravel())  # (256 * C,)
+        index = images.astype(jnp.int32) * channels + jnp.arange(channels, dtype=jnp.int32)
+        return jnp.take(table, index, mode="clip")
+    scale, mean, inv_std = _normalize_constants(mean, std)
+    return (images.astype(jnp.float32) * scale - mean) * inv_std
+
+
+def device_crop_flip(
+    images: jax.Array,
+    offsets: jax.Array,
+    flips: jax.Array | None,
+    *,
+    size: tuple[int, int],
+    padding: int = 0,
+    fill: int = 0,
+) -> jax.Array:
+    """JAX form of :func:`crop` then :func:`flip_horizontal`, for offsets and flags drawn on the
+    host: ``(N, H, W[, C])`` → ``(N, size[0], size[1][, C])``, same dtype, same pixels.
+
+    ``offsets`` ``(N, 2)`` int (row, col) of the image padded by ``padding`` pixels of ``fill``;
+    ``flips`` ``(N,)`` bool or ``None`` (no flip).
+    """
+    if padding:
+        images = jnp.pad(images, _pad_widths(images.ndim, padding), constant_values=fill)
+    window = (size[0], size[1], *images.shape[3:])
+
+    def one(image, offset):
+        start = (offset[0], offset[1], *(jnp.int32(0),) * (image.ndim - 2))
+        return jax.lax.dynamic_slice(image, start, window)
+
+    images = jax.vmap(one)(images, offsets.astype(jnp.int32))
+    if flips is None:
+        return images
+    where = flips.reshape(-1, *(1,) * (images.ndim - 1))
+    return jnp.where(where, images[:, :, ::-1], images)
 
 
 def device_augment(
@@ -133,25 +204,19 @@ def device_augment(
     flip: bool = False,
     size: tuple[int, int] | None = None,
 ) -> jax.Array:
-    """Random crop (zero padding ``padding``) + optional flip + normalisation, on device.
+    """Random crop (zero padding ``padding``) + optional flip + normalisation, on device, with
+    randomness drawn from ``key`` (the training pipeline draws it on the host instead and uses
+    :func:`device_crop_flip`).
 
     ``(N, H, W, C)`` raw 0-255 images → float32 ``(N, size[0], size[1], C)``. Raw images are
     zero-padded before normalisation, exactly as the host pipeline does.
     """
     n, h, w, _ = images.shape
     size = size or (h, w)
-    images = images.astype(jnp.float32)
-    if padding:
-        images = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     k_row, k_col, k_flip = jax.random.split(key, 3)
     rows = jax.random.randint(k_row, (n,), 0, h + 2 * padding - size[0] + 1)
     cols = jax.random.randint(k_col, (n,), 0, w + 2 * padding - size[1] + 1)
-
-    def one(image, r, c):
-        return jax.lax.dynamic_slice(image, (r, c, 0), (size[0], size[1], image.shape[-1]))
-
-    images = jax.vmap(one)(images, rows, cols)
-    if flip:
-        flips = jax.random.bernoulli(k_flip, 0.5, (n,))
-        images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    flips = jax.random.bernoulli(k_flip, 0.5, (n,)) if flip else None
+    offsets = jnp.stack([rows, cols], axis=1)
+    images = device_crop_flip(images, offsets, flips, size=size, padding=padding)
     return device_normalize(images, mean, std)

@@ -46,9 +46,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_classes = config_dict.placeholder(int)  # None: the data set's
     c.val_split = config_dict.placeholder(float)  # folder:ROOT/CLASS: seeded stratified test share
     c.skip_bad_files = False  # folder: skip unreadable images (with a count), not fail
+    # on_device: crop/flip/normalise inside the step (the host draws the randomness and ships
+    # uint8 images: the same batches bit for bit); None = auto: on for in-memory data (digits,
+    # npz, synthetic, digits_seg), on the host for streaming sources (folder:, TFDS)
     c.augment = ml_collections.ConfigDict(
-        {"padding": 0, "flip": False, "crop_size": config_dict.placeholder(int), "on_device": False}
+        {
+            "padding": 0,
+            "flip": False,
+            "crop_size": config_dict.placeholder(int),
+            "on_device": config_dict.placeholder(bool),
+        }
     )
+    # workers: grain threads reading/decoding/augmenting batches ahead (0: in the prefetch
+    # thread); None = min(cpu_count, 8) for streaming sources, 0 for in-memory data
+    c.data = ml_collections.ConfigDict({"workers": config_dict.placeholder(int)})
 
     c.batch_size = 32  # global, over all devices and processes
     c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size

@@ -36,8 +36,8 @@ predictions for a confusion matrix.
 
 Task ``segmentation`` (``config.task``, default the model's registry task): the steps of
 :mod:`cnnjax.train.tasks` (per-pixel cross-entropy through the same guarded
-:func:`~cnnjax.train.steps.train_step`); labels are ``(N, H, W)`` masks; augmentation must be
-off (crop/flip would have to move the masks too); ``accuracy`` is the pixel accuracy, and every
+:func:`~cnnjax.train.steps.train_step`); labels are ``(N, H, W)`` masks, cropped and flipped
+with their images; ``accuracy`` is the pixel accuracy, and every
 test record adds ``pixel_accuracy`` and ``mean_iou`` (the final one also per-class ``iou``,
 ``null`` for a class absent from labels and predictions); :func:`evaluate` returns per-pixel
 predictions and labels.
@@ -61,9 +61,9 @@ import ml_collections
 import numpy as np
 
 from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batches
-from cnnjax.data.augment import device_augment, device_normalize
+from cnnjax.data.augment import device_normalize
 from cnnjax.data.classes import save_class_names
-from cnnjax.data.pipeline import prefetch_to_device
+from cnnjax.data.pipeline import default_workers, device_preprocess, in_memory, prefetch_to_device
 from cnnjax.train.actions import (
     BEST_METRICS,
     CheckStop,
@@ -153,6 +153,7 @@ class Run:
     normalize_on_host: bool
     schedule: Callable[[int], Any] | None = None  # learning rate per optimiser update
     task: str = "classification"  # or "segmentation"
+    workers: int = 0  # grain threads assembling batches (config data.workers)
 
     def initial_state(self) -> TrainState:
         """A fresh host (NumPy) train state from the config's seed."""
@@ -165,7 +166,11 @@ class Run:
         )
         return jax.device_get(state)
 
-    def train_batches(self, epoch: int, start_batch: int = 0):
+    def train_batches(self, epoch: int, start_batch: int = 0, *, deferred: bool = False):
+        """One epoch's training batches from ``start_batch``: finished on the host (float32,
+        augmented), or with ``deferred=True`` as the run's step takes them (raw ``uint8`` plus
+        the crop/flip draws when augmentation runs on the device)."""
+        device = deferred and not self.normalize_on_host
         return batches(
             self.dataset,
             batch_size=self.config.batch_size,
@@ -176,10 +181,14 @@ class Run:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             augment=self.host_augment,
-            normalize_images=self.normalize_on_host,
+            normalize_images=not device,
+            defer_augment=device,
+            workers=self.workers,
         )
 
-    def eval_batches(self, dataset: Dataset | None = None):
+    def eval_batches(self, dataset: Dataset | None = None, *, deferred: bool = False):
+        """Evaluation batches, normalised on the host, or with ``deferred=True`` as the run's
+        eval step takes them (``uint8`` when normalisation runs on the device)."""
         return batches(
             dataset or self.dataset,
             batch_size=self.config.eval_batch_size or self.config.batch_size,
@@ -187,7 +196,8 @@ class Run:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             augment=self.eval_augment,
-            normalize_images=self.normalize_on_host,
+            normalize_images=not (deferred and not self.normalize_on_host),
+            workers=self.workers,
         )
 
 
@@ -247,16 +257,13 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         accumulate_steps=accumulate,
         loss_scale=LOSS_SCALE if config.dtype == "float16" else None,
     )
+    host_augment = AugmentConfig(aug.padding, aug.flip, crop)
+    on_device = in_memory(dataset) if aug.on_device is None else aug.on_device
     device_aug = None
     preprocess = None
-    if aug.on_device:
+    if on_device:
         device_aug = functools.partial(
-            device_augment,
-            mean=dataset.mean,
-            std=dataset.std,
-            padding=aug.padding,
-            flip=aug.flip,
-            size=(crop, crop) if crop else None,
+            device_preprocess, augment=host_augment, mean=dataset.mean, std=dataset.std
         )
         preprocess = functools.partial(device_normalize, mean=dataset.mean, std=dataset.std)
     train_fn = functools.partial(
@@ -279,7 +286,11 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         raise ValueError("a multi-process run needs --parallel pmap or sharded (or auto)")
     driver.check_batch_size(config.batch_size)
     driver.check_batch_size(config.eval_batch_size or config.batch_size)
-    host_augment = AugmentConfig(aug.padding, aug.flip, crop)
+    workers = config.get("data", {}).get("workers")
+    if workers is None:
+        workers = 0 if in_memory(dataset) else default_workers()
+    if workers < 0:
+        raise ValueError(f"data.workers must be >= 0 (0: no reader threads), got {workers}")
     return Run(
         config=config,
         dataset=dataset,
@@ -289,11 +300,12 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         input_shape=input_shape,
-        host_augment=None if aug.on_device else host_augment,
+        host_augment=host_augment,
         eval_augment=AugmentConfig(crop_size=crop),
-        normalize_on_host=not aug.on_device,
+        normalize_on_host=not on_device,
         schedule=schedule,
         task=task,
+        workers=workers,
     )
 
 
@@ -308,13 +320,6 @@ def _check_task(config, info) -> str:
     if task != info.task:
         raise ValueError(
             f"model {config.model!r} is a {info.task} model; it cannot train task={task!r}"
-        )
-    aug = config.augment
-    if task == "segmentation" and (aug.padding or aug.flip or aug.crop_size):
-        raise ValueError(
-            "task=segmentation trains without augmentation (crop/flip would have to move the "
-            f"masks too); got augment.padding={aug.padding}, flip={aug.flip}, "
-            f"crop_size={aug.crop_size}"
         )
     if task == "segmentation" and config.label_smoothing:
         raise ValueError(
@@ -408,7 +413,7 @@ def _run_eval(
     total = None
     start = time.perf_counter()
     for batch in prefetch_to_device(
-        run.eval_batches(dataset), driver.put_batch, run.config.prefetch
+        run.eval_batches(dataset, deferred=True), driver.put_batch, run.config.prefetch
     ):
         m = driver.eval_step(state, batch)
         total = m if total is None else jax.tree.map(jnp.add, total, m)
@@ -661,7 +666,7 @@ def _step_loop(session: _Session, loop: LoopState, actions: list, hooks) -> None
     while loop.step < total and loop.stop_reason is None:
         epoch = loop.step // spe
         epoch_end = min((epoch + 1) * spe, total)
-        stream = run.train_batches(epoch, loop.step % spe)
+        stream = run.train_batches(epoch, loop.step % spe, deferred=True)
         feed = prefetch_to_device(stream, run.driver.put_batch, config.prefetch)
         try:
             for batch in feed:
@@ -870,7 +875,9 @@ def _eval_progress(run: Run, step: int, enabled: bool):
 
     size = run.config.eval_batch_size or run.config.batch_size
     total = num_batches(len(run.dataset.test), size, train=False)
-    return track(run.eval_batches(), total, f"eval step {step}", "batch", enabled=enabled)
+    return track(
+        run.eval_batches(deferred=True), total, f"eval step {step}", "batch", enabled=enabled
+    )
 
 
 def _evaluate_segmentation(run: Run, variables, predict, step: int, batches_) -> EvalResult:

@@ -91,23 +91,24 @@ def train_step(
     label_smoothing: float = 0.0,
     aux_loss_weight: float = 0.3,
     ema_decay: float | None = None,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    augment: Callable[[jax.Array, dict], dict] | None = None,
     objective: Callable[[jax.Array, jax.Array], tuple[jax.Array, Metrics]] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on ``batch`` ``{"image": (N, H, W, C), "label": (N,)}``.
 
     Returns the new state and metric *sums* over the (global) batch: ``loss`` (of the main head,
     summed), ``correct`` and ``count`` (all 0 for a skipped step), ``skipped`` and ``nonfinite``
-    (0 or 1; see the module docstring). ``augment(key, images)`` runs device-side augmentation.
+    (0 or 1; see the module docstring). ``augment(key, batch) -> batch`` runs device-side
+    augmentation (e.g. :func:`cnnjax.data.device_preprocess`).
     """
     model = _bind_axis(model, axis_name)
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # distinct dropout masks and augmentations per device
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     dropout_key, augment_key = jax.random.split(rng)
-    images, labels = batch["image"], batch["label"]
     if augment is not None:
-        images = augment(augment_key, images)
+        batch = augment(augment_key, batch)
+    images, labels = batch["image"], batch["label"]
     has_stats = bool(state.batch_stats)
     loss_scale = state.opt_state if isinstance(state.opt_state, LossScaleState) else None
 

@@ -10,8 +10,8 @@ configuration with the recorded one, on every field that changes what is trained
 its overrides, data, image size, augmentation, batch size, optimiser, schedule, loss, seed,
 dtype, impl, total steps); fields that only change *how* it runs (``parallel``, ``prefetch``,
 ``checkpoint.*``, ``log_every_steps``, ``eval_every_epochs``, ``eval_batch_size``,
-``distributed.*``, ``data_dir``, ``resume``, ``on_nonfinite``, ``best.*``) may change between
-starts.
+``distributed.*``, ``data_dir``, ``resume``, ``on_nonfinite``, ``best.*``, ``augment.on_device``,
+``data.workers``) may change between starts.
 
 * Same identity → resume (a finished run reports its result and trains nothing).
 * Only the length grew (``--epochs``/``num_steps``) → refused unless ``extend=True``
@@ -71,6 +71,8 @@ OPERATIONAL = (
     "on_nonfinite",
     "schedule.cycles",
     "best",
+    "augment.on_device",  # host and device augmentation give the same batches, bit for bit
+    "data",
 )
 _LENGTH = ("epochs", "num_steps", "total_steps")
 
