@@ -94,7 +94,7 @@ def test_bench_data_tiny_host_and_device(tmp_path, capsys, monkeypatch):
     assert result["meta"]["augment"] == {"padding": 4, "flip": True, "crop_size": None}
     captured = capsys.readouterr()
     assert "img/s" in captured.out
-    assert re.search(r"bench data digits: +\d+%.*\| \d+/6 \[\d\d:\d\d<\d\d:\d\d", captured.err)
+    assert re.search(r"bench data digits: +\d+%.*\| \d+/12 \[\d\d:\d\d<\d\d:\d\d", captured.err)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from cnnjax.data import AugmentConfig, batches, device_preprocess, load_dataset
 from cnnjax.data.pipeline import IGNORE_INDEX
 from cnnjax.data.segmentation import BACKGROUND, INK
 from cnnjax.train import apply_overrides, default_config, train
-from cnnjax.train.actions import LogProgress, RecordEpoch, SaveCheckpoint
+from cnnjax.train.actions import KeepBest, LogProgress, RecordEpoch, SaveCheckpoint
 from cnnjax.train.loop import build_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -257,7 +257,7 @@ def _watch_syncs(monkeypatch) -> _SyncWatch:
     for module, name in ((jax, "device_get"), (jax, "block_until_ready"), (np, "asarray")):
         fn = getattr(module, name)
         monkeypatch.setattr(module, name, watch.wrap(f"{module.__name__}.{name}", fn))
-    for action in (LogProgress, RecordEpoch, SaveCheckpoint):
+    for action in (LogProgress, RecordEpoch, KeepBest, SaveCheckpoint):
         monkeypatch.setattr(action, "__call__", watch.disarmed(action.__call__))
     step_loop = loop_module._step_loop
 
