@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import reference_pooling as ref
 from helpers import assert_close
+from jax.test_util import check_grads
 
 from cnnjax.ops import max_pool
 from cnnjax.ops import pooling as pooling_module
@@ -154,3 +155,15 @@ def test_dilated_3d_window_9_matches_oracle(impl):
     y, pull = jax.vjp(lambda x: max_pool(x, 9, **kw, impl=impl), jnp.asarray(x))
     assert_close(y, expected)
     assert_close(pull(jnp.asarray(g))[0], ref.max_pool_grad(x, g, 9, **kw))
+
+
+def test_looped_path_second_order_and_vmap():
+    # Reverse over reverse through the looped switch/backward (the backward rule is linear in g)
+    x = jnp.asarray(np.random.default_rng(2).permutation(70).reshape(1, 70, 1) / 70.0)
+
+    def f(x):
+        return max_pool(x, 65, 1, 32)
+
+    check_grads(f, (x,), order=2, modes=["rev"])
+    batched = jax.vmap(lambda x: f(x[None])[0])(jnp.concatenate([x, -x]))
+    assert_close(batched, jnp.concatenate([f(x), f(-x)]))
