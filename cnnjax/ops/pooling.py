@@ -522,6 +522,8 @@ def _tap(xp: jax.Array, geom: _Geometry, offset) -> jax.Array:
 # fwd+VJP on CPU: 33 taps 0.6 s, 129 taps 1.4 s, 257 taps 4.3 s, 2001 taps ~100 s), while the
 # loop's program has a fixed size. The loop body performs exactly the operations of one
 # unrolled step, in the same order, so both give bit-identical results (ties, NaN, -0.0).
+# Trade-off at the threshold (CPU, jitted fwd+VJP, 9x9 window, stride 1, (8, 32, 32, 16)):
+# unrolled 3.9 s compile / 56 ms run, looped 1.8 s / 96 ms, impl="xla" 1.9 s / 279 ms.
 _MAX_UNROLLED_TAPS = 64
 
 
