@@ -447,7 +447,8 @@ def _conv_weight_grad(
         batch_group_count=groups,
         precision=precision,
     )
-    chunk = _CPU_WEIGHT_GRAD_BATCH_CHUNK
+    # At most _CPU_WEIGHT_GRAD_MAX_CHUNKS convs, so compile time stays bounded at large batches.
+    chunk = max(_CPU_WEIGHT_GRAD_BATCH_CHUNK, -(-x.shape[0] // _CPU_WEIGHT_GRAD_MAX_CHUNKS))
     if x.shape[0] <= chunk or accumulation_dtype(x.dtype) != x.dtype:
         return conv(x, g)  # (sub-32-bit inputs: one rounding of the float32 sum, not one a chunk)
 
@@ -460,9 +461,11 @@ def _conv_weight_grad(
 
 # On CPU, XLA lays the weight-gradient operands out as (C_in, *spatial, N) and fuses their
 # producers (BatchNorm, ReLU) into that transpose, whose N-strided reads then miss the cache;
-# summing the gradient over batch chunks keeps each transpose in cache. 32 keeps the chunk's
-# "feature" axis above XNNPACK's 16 (ResNet-20 train step 0.73x; experiments/BENCHMARKS.md).
-_CPU_WEIGHT_GRAD_BATCH_CHUNK = 32
+# summing the gradient over batch chunks keeps each transpose in cache. ResNet-20's training step
+# at batch 128 ran 0.68-0.78x as long with chunks of 16 or 32, 16 ahead of 32 by 5-12 %, 8 no
+# better (2-core EPYC; experiments/BENCHMARKS.md, "Faster CPU path").
+_CPU_WEIGHT_GRAD_BATCH_CHUNK = 16
+_CPU_WEIGHT_GRAD_MAX_CHUNKS = 8
 
 
 def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
