@@ -184,6 +184,50 @@ def test_conv_transpose_is_the_adjoint_of_conv(groups):
     assert_rel_close(jac_transpose, jac_conv.T, what="Jacobian transpose")
 
 
+@pytest.mark.parametrize(
+    "op,x_shape,kernel,c_out,kwargs",
+    [
+        ("conv", (70, 5, 4, 3), (3, 3), 4, dict(stride=2, padding=1)),
+        ("conv", (33, 6, 4), (3,), 6, dict(padding="SAME", groups=2, dilation=2)),
+        ("conv_transpose", (40, 3, 4, 2), (3, 3), 3, dict(stride=2, padding=1)),
+    ],
+)
+def test_batch_chunked_weight_gradient_matches_xla(op, x_shape, kernel, c_out, kwargs):
+    """Batches over 16, partial last chunk: the CPU weight gradient sums chunks (issue 9)."""
+    groups = kwargs.get("groups", 1)
+    shape = conv_weight_shape if op == "conv" else transpose_weight_shape
+    x, w = random_arrays(3, x_shape, shape(x_shape, kernel, c_out, groups))
+    fn = getattr(ops, op)
+    (cotangent,) = random_arrays(4, fn(x, w, **kwargs).shape)
+
+    def grads(impl):
+        loss = lambda x, w: jnp.sum(fn(x, w, impl=impl, **kwargs) * cotangent)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+    for name, c, r in zip("xw", grads("custom"), grads("xla"), strict=True):
+        assert_rel_close(c, r, what=f"d{name} vs xla")
+
+
+def test_weight_gradient_sums_batch_chunks_on_cpu_only():
+    """Issue 9: on CPU the weight gradient is one conv per batch chunk of 16; elsewhere one."""
+
+    def loss(x, w):
+        return jnp.sum(ops.conv(x, w, padding=1) ** 2)
+
+    w = jnp.ones((3, 3, 3, 5))
+    grad_w = jax.jit(jax.grad(loss, argnums=1))
+
+    def convs(batch, platform):
+        x = jnp.ones((batch, 4, 4, 3))
+        lowered = grad_w.trace(x, w).lower(lowering_platforms=(platform,))
+        return lowered.as_text().count("stablehlo.convolution")
+
+    assert convs(16, "cpu") == 2  # forward + weight gradient
+    assert convs(38, "cpu") == 4  # forward + chunks of 16, 16, 6
+    assert convs(200, "cpu") == 9  # at most 8 chunks (of 25)
+    assert convs(70, "cuda") == 2
+
+
 def test_depthwise_and_separable():
     x, w_dw, w_pw, b = random_arrays(7, (2, 8, 7, 3), (3, 3, 1, 6), (1, 1, 6, 5), (5,))
     y = ops.depthwise_conv(x, w_dw, stride=2, padding=1)
