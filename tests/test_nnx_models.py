@@ -22,6 +22,7 @@ import pytest
 from flax import nnx
 from test_models import FAST_COMPILE, LARGE, NUM_CLASSES, _input, _overrides, _param_count
 
+import cnnjax.nnx
 from cnnjax.models import create_model, get_model_info, list_models
 from cnnjax.nnx import LinenModel, from_linen, param_count, to_linen
 from cnnjax.nnx.models import NATIVE
@@ -285,6 +286,16 @@ def test_batch_stats_update_only_in_train_mode(name):
     assert all(
         not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after_train))
     )
+
+
+def test_native_batch_norm_is_the_cnnjax_twin():
+    # flax.nnx.BatchNorm would normalise an empty training batch to NaN statistics silently
+    model = nnx.eval_shape(lambda: _nnx_model("vgg11_bn"))
+    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+    assert len(norms) == 8 and all(type(m) is cnnjax.nnx.BatchNorm for m in norms)
+    model.train()
+    with pytest.raises(ValueError, match=r"BatchNorm: expected more than 1 value per channel"):
+        nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((0, 32, 32, 3)))
 
 
 def test_bridged_modes_must_agree():
