@@ -14,6 +14,9 @@ backward in one program.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,6 +231,27 @@ def test_native_families():
         if not isinstance(nnx.eval_shape(lambda n=n: _nnx_model(n)), LinenModel)
     ]
     assert {"lenet5", "vgg11", "vgg11_bn", "allconv_c", "nin", "alexnet", "zfnet"} <= set(natives)
+
+
+@pytest.mark.parametrize("linen_cls", list(NATIVE), ids=lambda c: c.__name__)
+def test_native_constructors_repeat_the_linen_fields_and_defaults(linen_cls):
+    # The native NNX classes spell out their Linen model's fields (explicit signatures for
+    # help() and the docs); this keeps the two lists from drifting apart.
+    fields = {
+        f.name: f.default
+        for f in dataclasses.fields(linen_cls)
+        if f.init and f.name not in ("parent", "name")
+    }
+    params = inspect.signature(NATIVE[linen_cls].__init__).parameters
+    arguments = {
+        k: (dataclasses.MISSING if p.default is inspect.Parameter.empty else p.default)
+        for k, p in params.items()
+        if k not in ("self", "input_shape", "rngs", "op_kwargs")
+    }
+    assert list(arguments) == [k for k in fields if k != "precision"]  # same order too
+    assert arguments == {k: v for k, v in fields.items() if k != "precision"}
+    # precision (an op argument) reaches the NNX layers through **op_kwargs
+    assert params["op_kwargs"].kind is inspect.Parameter.VAR_KEYWORD
 
 
 @pytest.mark.parametrize("name", ["lenet5", "vgg11", "alexnet", "resnet20"])
