@@ -20,8 +20,9 @@ Initialisers (all overridable through ``kernel_init`` / ``bias_init``):
 * Glorot & Bengio 2010 (``nn.initializers.glorot_uniform()``) and plain normals
   (``nn.initializers.normal(0.01)``, AlexNet's) are passed by the model families that used them.
 
-``BatchNorm``, ``Dense`` and ``Dropout`` come from :mod:`flax.linen` directly. Models pass
-``axis_name`` to ``nn.BatchNorm`` so that, under ``pmap``/``shard_map``, batch statistics are
+``Dense`` and ``Dropout`` come from :mod:`flax.linen` directly; :class:`BatchNorm` is Flax's
+with PyTorch's refusal of one value per channel (its NNX twin: :class:`cnnjax.nnx.BatchNorm`).
+Models pass it ``axis_name`` so that, under ``pmap``/``shard_map``, batch statistics are
 averaged across devices (``axis_name=None``: per-device statistics).
 
 Example::
