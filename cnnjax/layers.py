@@ -20,8 +20,9 @@ Initialisers (all overridable through ``kernel_init`` / ``bias_init``):
 * Glorot & Bengio 2010 (``nn.initializers.glorot_uniform()``) and plain normals
   (``nn.initializers.normal(0.01)``, AlexNet's) are passed by the model families that used them.
 
-``BatchNorm``, ``Dense`` and ``Dropout`` come from :mod:`flax.linen` directly. Models pass
-``axis_name`` to ``nn.BatchNorm`` so that, under ``pmap``/``shard_map``, batch statistics are
+``Dense`` and ``Dropout`` come from :mod:`flax.linen` directly; :class:`BatchNorm` is Flax's
+with PyTorch's refusal of one value per channel (its NNX twin: :class:`cnnjax.nnx.BatchNorm`).
+Models pass it ``axis_name`` so that, under ``pmap``/``shard_map``, batch statistics are
 averaged across devices (``axis_name=None``: per-device statistics).
 
 Example::
@@ -419,6 +420,27 @@ class ConnectionTableConv(nn.Module):
         )
 
 
+def _check_batch_norm_count(
+    x: jax.Array, axis: int | Sequence[int], axis_name: str | None, running: bool
+) -> None:
+    """Raise ``ValueError`` when batch norm would train on ``<= 1`` value per channel.
+
+    ``count = N * spatial`` is the size of ``x`` over the non-feature axes (``axis`` are the
+    feature axes). Checked only in training (``running`` false) and without ``axis_name``
+    (then the statistics span devices and only the per-device count is known). Shared by
+    :class:`BatchNorm` and :class:`cnnjax.nnx.BatchNorm`, so both raise the same error.
+    """
+    axes = axis if isinstance(axis, Sequence) else (axis,)
+    feature_axes = {a % x.ndim for a in axes}
+    count = math.prod(n for i, n in enumerate(x.shape) if i not in feature_axes)
+    if not running and axis_name is None and count <= 1:
+        # count 0 (an empty batch) would write NaN running statistics.
+        raise ValueError(
+            f"BatchNorm: expected more than 1 value per channel when training, got input "
+            f"shape {tuple(x.shape)} (N * spatial = {count}); use a batch of at least 2"
+        )
+
+
 class BatchNorm(nn.BatchNorm):
     """``flax.linen.BatchNorm`` that refuses batch statistics of one value per channel.
 
@@ -433,15 +455,7 @@ class BatchNorm(nn.BatchNorm):
         running = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
-        axes = self.axis if isinstance(self.axis, Sequence) else (self.axis,)
-        feature_axes = {a % x.ndim for a in axes}
-        count = math.prod(n for i, n in enumerate(x.shape) if i not in feature_axes)
-        if not running and self.axis_name is None and count <= 1:
-            # count 0 (an empty batch) would write NaN running statistics.
-            raise ValueError(
-                f"BatchNorm: expected more than 1 value per channel when training, got input "
-                f"shape {tuple(x.shape)} (N * spatial = {count}); use a batch of at least 2"
-            )
+        _check_batch_norm_count(x, self.axis, self.axis_name, running)
         return super().__call__(x, use_running_average, **kwargs)
 
 

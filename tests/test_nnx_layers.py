@@ -361,3 +361,157 @@ def test_nnx_layer_is_jittable_and_trainable():
     loss, grads = loss_and_grads(layer, x)
     assert np.isfinite(float(loss))
     assert grads["kernel"].shape == (3, 3, 3, 4) and float(jnp.abs(grads["kernel"][...]).sum()) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm: cnnjax.nnx.BatchNorm against cnnjax.layers.BatchNorm (batch statistics are state,
+# so it is checked here step by step rather than through Built)
+# --------------------------------------------------------------------------------------------
+
+
+def _batch_norm_pair(x, **kwargs):
+    """A Linen and an NNX batch norm holding the same float64 variables (moved by from_linen)."""
+    linen = layers.BatchNorm(**kwargs)
+    variables = linen.init(jax.random.key(0), x, use_running_average=True)
+    keys = jax.random.split(jax.random.key(5), 4)
+    variables = {  # away from the initial 1/0 so that every variable matters
+        "params": {"scale": 1 + _rand((x.shape[-1],), 1), "bias": _rand((x.shape[-1],), 2)},
+        "batch_stats": {
+            "mean": jax.random.normal(keys[0], (x.shape[-1],), jnp.float64),
+            "var": jnp.exp(jax.random.normal(keys[1], (x.shape[-1],), jnp.float64)),
+        },
+    }
+    native = cnnjax.nnx.BatchNorm(x.shape[-1], **kwargs, rngs=nnx.Rngs(1))
+    cnnjax.nnx.from_linen(native, variables)
+    return linen, variables, native
+
+
+def _linen_bn_step(linen, variables, x, cotangent, train):
+    def loss(params, x):
+        v = {**variables, "params": params}
+        y, updates = linen.apply(
+            v, x, use_running_average=not train, mutable=["batch_stats"] if train else []
+        )
+        return jnp.vdot(y, cotangent), (y, updates.get("batch_stats", variables["batch_stats"]))
+
+    (grads, grad_x), (y, stats) = jax.grad(loss, (0, 1), has_aux=True)(variables["params"], x)
+    return y, grads, grad_x, {**variables, "batch_stats": stats}
+
+
+def _nnx_bn_step(native, x, cotangent, train):
+    native.train() if train else native.eval()
+
+    def loss(m, x):
+        y = m(x)
+        return jnp.vdot(y, cotangent), y
+
+    (grads, grad_x), y = nnx.grad(loss, argnums=(0, 1), has_aux=True)(native, x)
+    return y, nnx.to_pure_dict(grads), grad_x
+
+
+def _assert_trees_close(a, b, what):
+    assert jax.tree.structure(a) == jax.tree.structure(b), what
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype, what
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-13, err_msg=what)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5, 3), (6, 7)])  # conv features, dense features
+def test_batch_norm_matches_linen_train_steps_then_eval_float64(shape):
+    x0 = 3 * _rand(shape, 1) + 2
+    linen, variables, native = _batch_norm_pair(x0, momentum=0.9, epsilon=1e-3)
+    for step, train in enumerate((True, True, True, False)):
+        x = 3 * _rand(shape, 10 + step) + 2 * step  # a different batch (and mean) each step
+        cotangent = _rand(shape, 20 + step)
+        y, grads, grad_x, variables = _linen_bn_step(linen, variables, x, cotangent, train)
+        y_nnx, grads_nnx, grad_x_nnx = _nnx_bn_step(native, x, cotangent, train)
+        what = f"step {step} (train={train})"
+        assert y_nnx.dtype == jnp.float64
+        _assert_trees_close(y_nnx, y, f"output, {what}")
+        _assert_trees_close(grads_nnx, grads, f"parameter gradients, {what}")
+        _assert_trees_close(grad_x_nnx, grad_x, f"input gradient, {what}")
+        _assert_trees_close(cnnjax.nnx.to_linen(native), variables, f"variables after {what}")
+    # the running averages moved by momentum 0.9 over three batches, as Linen's did
+    assert not np.allclose(variables["batch_stats"]["mean"], 0.0)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_batch_norm_refuses_one_value_per_channel_in_training(api):
+    def run(x, train):
+        if api == "linen":
+            bn = layers.BatchNorm(use_running_average=not train)
+            variables = bn.init(jax.random.key(0), jnp.ones((2, 3, 3, 4)))
+            return bn.apply(variables, x, mutable=["batch_stats"])[0]
+        bn = cnnjax.nnx.BatchNorm(4, use_running_average=not train, rngs=nnx.Rngs(0))
+        return bn(x)
+
+    assert run(jnp.arange(8.0).reshape(2, 1, 1, 4), train=True).shape == (2, 1, 1, 4)
+    assert run(jnp.ones((1, 1, 1, 4)), train=False).shape == (1, 1, 1, 4)
+    message = r"BatchNorm: expected more than 1 value per channel when training, got input shape"
+    with pytest.raises(ValueError, match=message + r" \(1, 1, 1, 4\) \(N \* spatial = 1\)"):
+        run(jnp.ones((1, 1, 1, 4)), train=True)
+    with pytest.raises(ValueError, match=message + r" \(0, 3, 3, 4\) \(N \* spatial = 0\)"):
+        run(jnp.ones((0, 3, 3, 4)), train=True)
+
+
+def test_nnx_batch_norm_mode_from_call_argument_and_cross_device_axis():
+    bn = cnnjax.nnx.BatchNorm(4, rngs=nnx.Rngs(0))  # training mode by default, as nnx.BatchNorm
+    x = jnp.ones((1, 1, 1, 4))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(x)
+    assert bn(x, use_running_average=True).shape == x.shape  # the call argument wins
+    # with axis_name the statistics span devices: the per-device count of 1 is allowed
+    many = jnp.arange(16.0).reshape(4, 1, 1, 1, 4)
+    graphdef, state = nnx.split(cnnjax.nnx.BatchNorm(4, axis_name="batch", rngs=nnx.Rngs(0)))
+    run = jax.vmap(lambda s, x: nnx.merge(graphdef, s)(x), in_axes=(None, 0), axis_name="batch")
+    y = run(state, many)
+    np.testing.assert_allclose(jnp.mean(y, axis=0), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_batch_norm_bfloat16_input_float32_statistics(dtype):
+    # Mean 100, spread 0.1: bf16 has 8 bits of mantissa (spacing 0.5 at 100), so statistics or
+    # running averages rounded to bf16 would be far off. Both APIs reduce in float32, keep the
+    # running averages float32 and use them unrounded (flax.nnx.BatchNorm casts them to dtype).
+    x = (100 + 0.1 * _rand((8, 4, 4, 3), 3)).astype(jnp.bfloat16)
+    linen, variables, native = _batch_norm_pair(x, momentum=0.9, dtype=dtype)
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
+    cnnjax.nnx.from_linen(native, variables)
+    reference = jnp.mean(x.astype(jnp.float32), axis=(0, 1, 2))
+    for train in (True, False):
+        linen_y, updates = linen.apply(
+            variables, x, use_running_average=not train, mutable=["batch_stats"]
+        )
+        native.train() if train else native.eval()
+        y = native(x)
+        expected_dtype = jnp.float32 if dtype is None else jnp.bfloat16
+        assert y.dtype == linen_y.dtype == expected_dtype
+        np.testing.assert_array_equal(y.astype(jnp.float32), linen_y.astype(jnp.float32))
+        stats = cnnjax.nnx.to_linen(native)["batch_stats"]
+        assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(stats))
+        np.testing.assert_array_equal(stats["mean"], updates["batch_stats"]["mean"])
+        np.testing.assert_array_equal(stats["var"], updates["batch_stats"]["var"])
+        if train:
+            expected = 0.9 * variables["batch_stats"]["mean"] + 0.1 * reference
+            np.testing.assert_allclose(stats["mean"], expected, rtol=1e-6)
+            variables = {**variables, **updates}
+    # Training mode normalised with the float32 batch statistics: mean ~0, std ~scale.
+    native.train()
+    z = (native(x).astype(jnp.float32) - variables["params"]["bias"]) / variables["params"]["scale"]
+    np.testing.assert_allclose(jnp.mean(z, axis=(0, 1, 2)), 0.0, atol=0.05)
+
+
+def test_batch_norm_variables_convert_both_ways():
+    x = jnp.zeros((2, 3, 3, 5), jnp.float32)
+    linen = layers.BatchNorm(use_running_average=True).init(jax.random.key(0), x)
+    native = cnnjax.nnx.BatchNorm(5, rngs=nnx.Rngs(0))
+    shapes = jax.tree.map(lambda a: (a.shape, a.dtype), cnnjax.nnx.to_linen(native))
+    assert shapes == jax.tree.map(lambda a: (a.shape, a.dtype), dict(linen))
+    assert cnnjax.nnx.param_count(native) == 10  # scale and bias; mean and var are batch_stats
+    changed = jax.tree.map(lambda a: a + jnp.arange(5.0, dtype=a.dtype), dict(linen))
+    cnnjax.nnx.from_linen(native, changed)
+    back = cnnjax.nnx.to_linen(native)
+    assert jax.tree.structure(back) == jax.tree.structure(changed)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(changed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(native.mean[...], jnp.arange(5.0))

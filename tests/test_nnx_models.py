@@ -14,6 +14,9 @@ backward in one program.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +25,7 @@ import pytest
 from flax import nnx
 from test_models import FAST_COMPILE, LARGE, NUM_CLASSES, _input, _overrides, _param_count
 
+import cnnjax.nnx
 from cnnjax.models import create_model, get_model_info, list_models
 from cnnjax.nnx import LinenModel, from_linen, param_count, to_linen
 from cnnjax.nnx.models import NATIVE
@@ -229,6 +233,27 @@ def test_native_families():
     assert {"lenet5", "vgg11", "vgg11_bn", "allconv_c", "nin", "alexnet", "zfnet"} <= set(natives)
 
 
+@pytest.mark.parametrize("linen_cls", list(NATIVE), ids=lambda c: c.__name__)
+def test_native_constructors_repeat_the_linen_fields_and_defaults(linen_cls):
+    # The native NNX classes spell out their Linen model's fields (explicit signatures for
+    # help() and the docs); this keeps the two lists from drifting apart.
+    fields = {
+        f.name: f.default
+        for f in dataclasses.fields(linen_cls)
+        if f.init and f.name not in ("parent", "name")
+    }
+    params = inspect.signature(NATIVE[linen_cls].__init__).parameters
+    arguments = {
+        k: (dataclasses.MISSING if p.default is inspect.Parameter.empty else p.default)
+        for k, p in params.items()
+        if k not in ("self", "input_shape", "rngs", "op_kwargs")
+    }
+    assert list(arguments) == [k for k in fields if k != "precision"]  # same order too
+    assert arguments == {k: v for k, v in fields.items() if k != "precision"}
+    # precision (an op argument) reaches the NNX layers through **op_kwargs
+    assert params["op_kwargs"].kind is inspect.Parameter.VAR_KEYWORD
+
+
 @pytest.mark.parametrize("name", ["lenet5", "vgg11", "alexnet", "resnet20"])
 def test_too_small_input_names_the_model(name):
     info = get_model_info(name)
@@ -285,6 +310,16 @@ def test_batch_stats_update_only_in_train_mode(name):
     assert all(
         not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after_train))
     )
+
+
+def test_native_batch_norm_is_the_cnnjax_twin():
+    # flax.nnx.BatchNorm would normalise an empty training batch to NaN statistics silently
+    model = nnx.eval_shape(lambda: _nnx_model("vgg11_bn"))
+    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+    assert len(norms) == 8 and all(type(m) is cnnjax.nnx.BatchNorm for m in norms)
+    model.train()
+    with pytest.raises(ValueError, match=r"BatchNorm: expected more than 1 value per channel"):
+        nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((0, 32, 32, 3)))
 
 
 def test_bridged_modes_must_agree():

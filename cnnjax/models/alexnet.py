@@ -59,6 +59,22 @@ __all__ = ["AlexNet", "AlexNetTorchvision"]
 _PAPER_INIT = nn.initializers.normal(0.01)
 
 
+def paper_head(
+    module: nn.Module, x: jax.Array, train: bool, fc_bias_init: nn.initializers.Initializer
+) -> jax.Array:
+    """The classifier of AlexNet and ZFNet: fc6, fc7 (``module.head_width`` units, ReLU, dropout
+    ``module.dropout_rate``) and fc8 (``module.num_classes`` logits), ``(N, F) -> (N,
+    num_classes)``. Weights ``N(0, 0.01)``; fc6/fc7 biases ``fc_bias_init`` (AlexNet: 1, ZFNet:
+    0), fc8's 0. Called inside ``module``'s compact ``__call__``, the layers are its submodules
+    ``fc6``, ``fc7``, ``fc8`` (the paths of checkpoints and of the NNX models); ``dtype`` and
+    ``precision`` are ``module``'s."""
+    dense = {"kernel_init": _PAPER_INIT, "dtype": module.dtype, "precision": module.precision}
+    for name in ("fc6", "fc7"):
+        x = nn.Dense(module.head_width, bias_init=fc_bias_init, name=name, **dense)(x)
+        x = nn.Dropout(module.dropout_rate, deterministic=not train)(nn.relu(x))
+    return nn.Dense(module.num_classes, name="fc8", **dense)(x)
+
+
 class AlexNet(nn.Module):
     """AlexNet as in Krizhevsky et al. 2012 (two-tower ``groups=2`` convs, LRN), 227×227 input.
 
@@ -105,24 +121,7 @@ class AlexNet(nn.Module):
         x = nn.relu(conv(384, 3, padding=1, name="conv3")(x))
         x = nn.relu(conv(384, 3, padding=1, groups=2, bias=1.0, name="conv4")(x))
         x = pool(nn.relu(conv(256, 3, padding=1, groups=2, bias=1.0, name="conv5")(x)))
-        x = x.reshape(x.shape[0], -1)
-        for name in ("fc6", "fc7"):
-            x = nn.Dense(
-                self.head_width,
-                kernel_init=_PAPER_INIT,
-                bias_init=nn.initializers.ones,
-                dtype=self.dtype,
-                name=name,
-                precision=self.precision,
-            )(x)
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=_PAPER_INIT,
-            dtype=self.dtype,
-            name="fc8",
-            precision=self.precision,
-        )(x)
+        return paper_head(self, x.reshape(x.shape[0], -1), train, nn.initializers.ones)
 
 
 class AlexNetTorchvision(nn.Module):

@@ -23,8 +23,9 @@ import flax.linen as nn
 import jax
 
 from cnnjax import ops
-from cnnjax.layers import BatchNorm, Conv
+from cnnjax.layers import Conv
 from cnnjax.models.registry import register_model
+from cnnjax.models.vgg import conv_bn_relu
 
 __all__ = ["SEGNET_ENCODER", "SegNet"]
 
@@ -49,22 +50,14 @@ class SegNet(nn.Module):
         common = {"impl": self.impl, "dtype": self.dtype, "precision": self.precision}
         widths = [max(1, round(w * self.width_scale)) for w, _ in self.stages]
 
-        def conv_bn_relu(x, width, name):
-            x = Conv(width, (3, 3), padding=1, name=name, **common)(x)
-            x = BatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=self.dtype,
-                axis_name=self.bn_axis_name,
-                name=f"{name}_bn",
-            )(x)
-            return nn.relu(x)
+        def block(x, width, name):
+            bn = {"bn_name": f"{name}_bn", "bn_axis_name": self.bn_axis_name}
+            return conv_bn_relu(x, width, train=train, name=name, **bn, **common)
 
         switches = []
         for s, (width, (_, convs)) in enumerate(zip(widths, self.stages, strict=True)):
             for c in range(convs):
-                x = conv_bn_relu(x, width, f"conv{s + 1}_{c + 1}")
+                x = block(x, width, f"conv{s + 1}_{c + 1}")
             shape = x.shape[1:-1]
             x, indices = ops.max_pool(x, 2, return_indices=True, impl=self.impl)
             switches.append((indices, shape))
@@ -78,7 +71,7 @@ class SegNet(nn.Module):
                     return Conv(self.num_classes, (3, 3), padding=1, name=name, **common)(x)
                 # the first conv of a stage maps to the next (shallower) stage's width
                 width = widths[s - 1] if c == 0 else widths[s]
-                x = conv_bn_relu(x, width, name)
+                x = block(x, width, name)
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -46,6 +46,39 @@ VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
 }
 
 
+def conv_bn_relu(
+    x: jax.Array,
+    features: int,
+    *,
+    train: bool,
+    name: str,
+    bn_name: str | None,
+    bn_axis_name: str | None = None,
+    dtype: Any = None,
+    **conv_kwargs: Any,
+) -> jax.Array:
+    """VGG's layer: 3×3 conv (padding 1) → batch norm → ReLU, ``(N, H, W, C) -> (N, H, W,
+    features)``; also SegNet's. Batch norm as torchvision's ``vgg*_bn`` (momentum 0.9, i.e.
+    PyTorch's 0.1; epsilon 1e-5; ``bn_axis_name`` for cross-device statistics), left out when
+    ``bn_name`` is ``None``. ``conv_kwargs`` go to :class:`~cnnjax.layers.Conv`.
+
+    A function, not a module: called inside a compact module it makes that module's
+    submodules ``name`` and ``bn_name`` (siblings), the paths checkpoints, torchvision weights
+    (:mod:`cnnjax.models.torch_weights`) and the NNX models use.
+    """
+    x = Conv(features, (3, 3), padding=1, name=name, dtype=dtype, **conv_kwargs)(x)
+    if bn_name is not None:
+        x = BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=dtype,
+            axis_name=bn_axis_name,
+            name=bn_name,
+        )(x)
+    return nn.relu(x)
+
+
 class VGG(nn.Module):
     """A VGG network from a :data:`VGG_CONFIGS` entry. ``(N, H, W, 3) -> (N, num_classes)``.
 
@@ -81,17 +114,16 @@ class VGG(nn.Module):
             if item == "M":
                 x = MaxPool((2, 2), stride=2, **common)(x)
                 continue
-            x = Conv(item, (3, 3), padding=1, kernel_init=init, name=f"conv{i}", **conv_kw)(x)
-            if self.batch_norm:
-                x = BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    epsilon=1e-5,
-                    dtype=self.dtype,
-                    axis_name=self.bn_axis_name,
-                    name=f"bn{i}",
-                )(x)
-            x = nn.relu(x)
+            x = conv_bn_relu(
+                x,
+                item,
+                train=train,
+                name=f"conv{i}",
+                bn_name=f"bn{i}" if self.batch_norm else None,
+                bn_axis_name=self.bn_axis_name,
+                kernel_init=init,
+                **conv_kw,
+            )
         x = AdaptiveAvgPool((7, 7), **common)(x)
         x = x.reshape(x.shape[0], -1)
         for name in ("fc1", "fc2"):

@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax.layers import Conv, LocalResponseNorm, MaxPool, check_input_size
+from cnnjax.models.alexnet import paper_head
 from cnnjax.models.registry import register_model
 
 __all__ = ["ZFNet"]
@@ -92,23 +93,7 @@ class ZFNet(nn.Module):
         for i, width in enumerate(self.widths, start=3):
             x = nn.relu(conv(width, 3, padding=1, name=f"conv{i}")(x))
         x = pool(x)
-        x = x.reshape(x.shape[0], -1)
-        for name in ("fc6", "fc7"):
-            x = nn.Dense(
-                self.head_width,
-                kernel_init=_PAPER_INIT,
-                dtype=self.dtype,
-                name=name,
-                precision=self.precision,
-            )(x)
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=_PAPER_INIT,
-            dtype=self.dtype,
-            name="fc8",
-            precision=self.precision,
-        )(x)
+        return paper_head(self, x.reshape(x.shape[0], -1), train, nn.initializers.zeros)
 
 
 _PAPER = (

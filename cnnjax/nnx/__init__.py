@@ -11,6 +11,7 @@ from cnnjax.nnx.convert import from_linen, param_count, to_linen
 from cnnjax.nnx.layers import (
     AdaptiveAvgPool,
     AvgPool,
+    BatchNorm,
     ConnectionTableConv,
     Conv,
     ConvTranspose,
@@ -27,6 +28,7 @@ from cnnjax.nnx.models import LinenModel
 __all__ = [
     "AdaptiveAvgPool",
     "AvgPool",
+    "BatchNorm",
     "ConnectionTableConv",
     "Conv",
     "ConvTranspose",

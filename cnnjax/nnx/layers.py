@@ -34,10 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.linen.dtypes import promote_dtype
+from flax.nnx.module import first_from
+from flax.nnx.nn.normalization import _compute_stats, _normalize
 
 from cnnjax import layers as linen_layers
 from cnnjax import ops
 from cnnjax.layers import (
+    _check_batch_norm_count,
     _check_groups,
     _check_rank,
     _kernel_tuple,
@@ -50,6 +53,7 @@ from cnnjax.shapes import Padding
 __all__ = [
     "AdaptiveAvgPool",
     "AvgPool",
+    "BatchNorm",
     "ConnectionTableConv",
     "Conv",
     "ConvTranspose",
@@ -398,6 +402,61 @@ class TrainableSubsampling(nnx.Module):
             x, self.coefficient[...], self.bias[...], dtype=self.dtype
         )
         return ops.avg_pool(x, window, window, impl=self.impl) * coefficient + bias
+
+
+class BatchNorm(nnx.BatchNorm):
+    """Batch normalisation (Ioffe & Szegedy 2015), the twin of :class:`cnnjax.layers.BatchNorm`:
+    ``flax.nnx.BatchNorm``'s arguments and variables with the Linen layer's computation, so the
+    two APIs agree exactly. ``x``: ``(..., C)`` with ``C = num_features`` on ``axis``.
+
+    * In training (``use_running_average=False``) ``<= 1`` value per channel (``N * H * W``)
+      raises the same ``ValueError`` as the Linen layer and PyTorch (unless ``axis_name``).
+    * As ``flax.linen.BatchNorm`` (``force_float32_reductions``): batch mean and biased variance
+      are computed in at least float32 (a bf16/f16 input is reduced in float32); the running
+      ``mean``/``var`` (created float32) and ``scale``/``bias`` (``param_dtype``) are used as
+      stored, and only the output is cast to ``dtype``. (``flax.nnx.BatchNorm`` first casts
+      them to ``dtype``, so a bf16 model there normalises with bf16-rounded running averages.)
+    * Running averages ``ra = momentum * ra + (1 - momentum) * batch`` replace the stored arrays,
+      as Linen's do (a float64 input makes them float64; ``flax.nnx.BatchNorm`` writes into
+      the float32 arrays). ``momentum=0.9`` is PyTorch's ``momentum=0.1``.
+
+    Variables ``scale``, ``bias`` (``params``) and ``mean``, ``var`` (``batch_stats``), each
+    ``(num_features,)``, have the Linen layer's names, so :func:`cnnjax.nnx.from_linen` and
+    :func:`cnnjax.nnx.to_linen` map them one to one.
+    """
+
+    def __call__(
+        self, x: jax.Array, use_running_average: bool | None = None, *, mask: Any = None
+    ) -> jax.Array:
+        running = first_from(
+            use_running_average,
+            self.use_running_average,
+            error_msg="BatchNorm: pass use_running_average, or call model.train() / model.eval()",
+        )
+        _check_batch_norm_count(x, self.axis, self.axis_name, running)
+        axes = self.axis if isinstance(self.axis, Sequence) else (self.axis,)
+        feature_axes = tuple(sorted(a % x.ndim for a in axes))
+        reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+        if running:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            mean, var = _compute_stats(
+                x,
+                reduction_axes,
+                dtype=self.dtype,
+                axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups,
+                use_fast_variance=self.use_fast_variance,
+                mask=mask,
+            )
+            for stored, batch in ((self.mean, mean), (self.var, var)):
+                new = self.momentum * stored[...] + (1 - self.momentum) * batch
+                stored.set_value(jax.lax.stop_gradient(new))
+        scale = None if self.scale is None else self.scale[...]
+        bias = None if self.bias is None else self.bias[...]
+        return _normalize(
+            x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+        )
 
 
 class _Stateless(nnx.Module):

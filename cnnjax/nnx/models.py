@@ -50,6 +50,7 @@ from cnnjax.models.registry import ModelInfo
 from cnnjax.nnx.layers import (
     AdaptiveAvgPool,
     AvgPool,
+    BatchNorm,
     ConnectionTableConv,
     Conv,
     LocalResponseNorm,
@@ -172,7 +173,7 @@ class VGG(nnx.Module):
             conv = Conv(channels, item, (3, 3), padding=1, kernel_init=init, **layer)
             setattr(self, f"conv{i}", conv)
             if batch_norm:
-                bn = nnx.BatchNorm(
+                bn = BatchNorm(
                     item,
                     momentum=0.9,
                     epsilon=1e-5,
