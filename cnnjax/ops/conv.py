@@ -462,11 +462,12 @@ def _conv_weight_grad(
 # On CPU, XLA lays the weight-gradient operands out as (C_in, *spatial, N) and fuses their
 # producers (BatchNorm, ReLU) into that transpose, whose N-strided reads then miss the cache;
 # summing the gradient over batch chunks keeps each transpose in cache. ResNet-20's training step
-# at batch 128 ran 0.65-0.83x as long (the gain grows with machine load) with chunks of 16 or 32,
-# 16 ahead of 32 by 6-12 %, 8 no better (2-core EPYC; experiments/BENCHMARKS.md, "Faster CPU
-# path").
-_CPU_WEIGHT_GRAD_BATCH_CHUNK = 16
-_CPU_WEIGHT_GRAD_MAX_CHUNKS = 8
+# at batch 128 ran 0.65-0.83x as long with chunks of 16 (the gain grows with machine load); on the
+# idle machine chunks of 8 were another 7 % faster than 16 (421 vs 455 ms, medians of 10
+# interleaved rounds) and equal for LeNet-5 (16.0 vs 15.6 ms); 4 was slower (2-core EPYC;
+# experiments/BENCHMARKS.md, "Faster CPU path").
+_CPU_WEIGHT_GRAD_BATCH_CHUNK = 8
+_CPU_WEIGHT_GRAD_MAX_CHUNKS = 16
 
 
 def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
