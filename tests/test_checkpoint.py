@@ -286,6 +286,7 @@ def _finish(proc, timeout=240) -> str:
         return proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.communicate()  # closes the pipes (an open one is a ResourceWarning in a later test)
         raise
 
 

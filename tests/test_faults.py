@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cnnjax.train import read_metrics
+from cnnjax.train.checkpoint import Checkpointer
 
 _WORKER = textwrap.dedent(
     """
@@ -183,3 +184,53 @@ def test_thirteen_faults_then_resume_equal_the_uninterrupted_run(tmp_path, refer
     """The full form: 13 seeded faults of every signal, in saves, records and mid-line."""
     counts = _run_chain(tmp_path, FULL_CHAIN, reference)
     assert counts == {"injected": 13, "survived": 13}
+
+
+_RAISING_WORKER = textwrap.dedent(
+    """
+    import sys
+    from cnnjax.train import apply_overrides, default_config, train
+    from cnnjax.train.checkpoint import Checkpointer
+
+    config = default_config()
+    apply_overrides(config, [
+        "model=lenet5", "impl=xla", "dataset=digits", "batch_size=64", "eval_batch_size=450",
+        "num_steps=30", "log_every_steps=5", "parallel=none", "checkpoint.every_steps=7",
+    ])
+
+    save = Checkpointer.save
+
+    def save_then_fail(self, step, state, meta=None):
+        save(self, step, state, meta)  # asynchronous: still being written when the error hits
+        if step == 7:
+            raise RuntimeError("cannot decode image a/5.png: it went bad during the run")
+
+    Checkpointer.save = save_then_fail
+    train(config, sys.argv[1], verbose=False)
+    """
+)
+
+
+def test_an_error_inside_the_loop_commits_the_save_in_flight_and_exits_cleanly(tmp_path):
+    """An exception in the step loop (an image that goes bad mid-run) used to skip waiting for
+    the asynchronous save: the process exited with orbax's threads mid-commit, printing
+    "cannot schedule new futures after interpreter shutdown" and leaving
+    ``7.orbax-checkpoint-tmp``. Now the save commits, verified, and only the error is raised."""
+    script = tmp_path / "worker.py"
+    script.write_text(_RAISING_WORKER)
+    workdir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "it went bad during the run" in output, output[-3000:]
+    assert "cannot schedule new futures" not in output, output[-3000:]
+    entries = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    assert entries == ["7"], entries
+    assert Checkpointer(workdir / "checkpoints").verify(7) is None

@@ -45,6 +45,7 @@ predictions and labels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -497,15 +498,33 @@ def _train_session(session: _Session, config, hooks, verbose: bool) -> TrainResu
         log_every=config.log_every_steps,
         enabled=verbose and session.primary,
     )
-    with _StopRequest() as stop:
-        actions = [*_make_actions(session, progress, loop), CheckStop(stop)]
-        _step_loop(session, loop, actions, hooks)
-        stop.saving = True  # signals from here on are noted, never fatal: the save completes
-        if loop.stop_reason == "signal":
-            SaveCheckpoint(None, checkpointer=session.checkpointer, meta=_meta(session))(loop)
-        session.checkpointer.wait()
+    try:
+        with _StopRequest() as stop:
+            actions = [*_make_actions(session, progress, loop), CheckStop(stop)]
+            _step_loop(session, loop, actions, hooks)
+            stop.saving = True  # signals from here on are noted, never fatal: the save completes
+            if loop.stop_reason == "signal":
+                SaveCheckpoint(None, checkpointer=session.checkpointer, meta=_meta(session))(loop)
+            session.checkpointer.wait()
+    except BaseException:
+        progress.close()
+        _close_after_error(session)
+        raise
     progress.close()
     return _finish(session, loop)
+
+
+def _close_after_error(session: _Session) -> None:
+    """An error inside the loop (an image that went bad mid-run, a failing hook): let a save in
+    flight commit — its state was complete when it started — and close the checkpointers and
+    the writer, so no half-written step and no orbax thread outlive the error; errors while
+    closing are secondary and dropped, the original one is what the caller sees."""
+    closers = [session.checkpointer.close, session.writer.close]
+    if session.best_checkpointer is not None:
+        closers.insert(1, session.best_checkpointer.close)
+    for close in closers:
+        with contextlib.suppress(Exception):
+            close()
 
 
 def _open_session(config, workdir, verbose: bool) -> _Session:
