@@ -248,3 +248,16 @@ def test_max_unpool_jit_and_vmap():
 def test_max_unpool_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_out_of_range_numpy_indices_are_refused_under_jit_too():
+    """The breaker's fuzz case: indices from a 3-wide window on a 3x3x3 input point into 27
+    positions, but the default output size is 1x1x1; eagerly a ValueError, and under jit (the
+    indices a NumPy constant, so still known) the same error, not a silent drop."""
+    x = jnp.asarray(np.random.default_rng(0).permutation(54).reshape(2, 3, 3, 3, 1) * 1.0)
+    y, idx = max_pool(x, 3, 3, 1, return_indices=True)
+    idx = np.asarray(idx)
+    with pytest.raises(ValueError, match=r"max_unpool: indices must lie in \[0, prod\(out\)\)"):
+        max_unpool(y, idx, 3, 3, 1)
+    with pytest.raises(ValueError, match=r"max_unpool: indices must lie in \[0, prod\(out\)\)"):
+        jax.jit(lambda y: max_unpool(y, idx, 3, 3, 1))(y)

@@ -79,11 +79,14 @@ def max_unpool(
     """
     check_impl(impl)
     y = jnp.asarray(y)
+    # Checked on the argument as given: under jit, jnp.asarray of a NumPy constant is staged
+    # (a tracer), but the values are still known here.
+    known = None if isinstance(indices, jax.core.Tracer) else np.asarray(indices)
     indices = jnp.asarray(indices)
     cfg = _unpool_config(y, indices, window, stride, padding, output_shape)
-    if not isinstance(indices, jax.core.Tracer) and indices.size:
+    if known is not None and known.size:
         size = math.prod(cfg.out)
-        concrete = np.asarray(indices)
+        concrete = known
         lo, hi = int(concrete.min()), int(concrete.max())
         if lo < 0 or hi >= size:
             raise ValueError(
