@@ -261,3 +261,26 @@ def test_out_of_range_numpy_indices_are_refused_under_jit_too():
         max_unpool(y, idx, 3, 3, 1)
     with pytest.raises(ValueError, match=r"max_unpool: indices must lie in \[0, prod\(out\)\)"):
         jax.jit(lambda y: max_unpool(y, idx, 3, 3, 1))(y)
+
+
+@pytest.mark.parametrize(
+    ("x", "pool"),
+    [
+        ([-np.inf, -np.inf], dict(window=3, stride=1, padding=1)),
+        (
+            [-np.inf, -np.inf, 3.0, -np.inf, -np.inf],
+            dict(window=3, stride=2, padding=1, dilation=2),
+        ),
+        ([-np.inf] * 5, dict(window=9, stride=1, padding=4, dilation=1)),
+    ],
+)
+def test_a_window_of_minus_inf_routes_its_gradient_where_its_index_points(x, pool):
+    """A window whose real taps are all -inf ties with its padding: the gradient used to go to
+    the (discarded) padded tap while the index pointed at the first real tap. Now the custom
+    VJP routes it to the first real tap, as PyTorch does: grad == max_unpool(dy, indices)."""
+    x = jnp.asarray(x)[None, :, None]
+    y, idx = max_pool(x, **pool, return_indices=True)
+    dy = jnp.arange(1.0, y.size + 1).reshape(y.shape)
+    grad = jax.vjp(lambda x: max_pool(x, **pool), x)[1](dy)[0]
+    unpooled = max_unpool(dy, idx, pool["window"], output_shape=x.shape)
+    np.testing.assert_array_equal(grad, unpooled)

@@ -80,7 +80,15 @@ def max_pool(
     first maximum inside each window (ties go to the first maximum, as in PyTorch), in a small
     integer dtype; the gradient ``dy_j`` is routed to ``x_{j s - lo + t* d}`` and contributions of
     overlapping windows add up. Unlike JAX's own max-pool VJP, window dilation is supported.
-    NaN propagates like PyTorch (a NaN in the window is the maximum).
+    NaN propagates like PyTorch (a NaN in the window is the maximum, and takes the gradient). A
+    window whose real taps are all ``-inf`` routes its gradient to its first real tap, where
+    ``return_indices`` points (as PyTorch does), not to the padding it ties with.
+
+    Where ``impl="xla"`` differs: its gradient follows XLA's select-and-scatter, which in a
+    window holding a NaN goes to the largest non-NaN tap (custom: the NaN), and in an all-``-inf``
+    window touching the padding goes to the padding (lost). ``-0.0`` and ``+0.0`` compare equal:
+    the switch and the index point at the first of them, while the sign of a zero maximum is
+    the backend's ``max`` (``max_pool([-0., 0.], 2)`` is ``+0.0`` on XLA:CPU, ``-0.0`` in PyTorch).
 
     Large windows: up to 64 taps (``prod(window)``) the switch pass, its backward and the
     indices are unrolled, one step per tap (fast at run time); above, they loop over the taps
@@ -573,12 +581,37 @@ def _max_switch(x: jax.Array, geom: _Geometry) -> tuple[jax.Array, jax.Array]:
         for index, offset in enumerate(_offsets(geom)):
             if index:
                 best, switch = step(np.int32(index), _tap(xp, geom, offset), best, switch)
-        return best, switch
+    else:
 
-    def body(index, carry):
-        return step(index, _tap_dynamic(xp, geom, _offset_of(index, geom)), *carry)
+        def body(index, carry):
+            return step(index, _tap_dynamic(xp, geom, _offset_of(index, geom)), *carry)
 
-    return lax.fori_loop(1, math.prod(geom.window), body, (best, switch))
+        best, switch = lax.fori_loop(1, math.prod(geom.window), body, (best, switch))
+    return best, _switch_to_a_real_tap(best, switch, geom)
+
+
+def _switch_to_a_real_tap(best: jax.Array, switch: jax.Array, geom: _Geometry) -> jax.Array:
+    """A window whose real taps are all ``-inf`` ties with its padding; its switch (still tap 0,
+    as nothing was greater) moves to the window's first real tap, where PyTorch routes the
+    gradient and where ``return_indices`` points."""
+    first = _first_real_tap(geom)
+    if not first.any():  # every window starts inside the input: tap 0 is real
+        return switch
+    first = jnp.asarray(first.astype(switch.dtype)[None, ..., None])
+    return jnp.where(best == _lowest(best.dtype), first, switch)
+
+
+def _first_real_tap(geom: _Geometry) -> np.ndarray:
+    """Static ``out``-shaped flat tap number of each window's first tap inside the input
+    (row-major over the window; windows wholly in the padding are refused earlier)."""
+    firsts = [
+        np.clip(-((np.arange(o) * s - lo) // d), 0, k - 1)  # ceil((lo - j s) / d), at least 0
+        for o, s, (lo, _), d, k in zip(
+            geom.out, geom.stride, geom.padding, geom.dilation, geom.window, strict=True
+        )
+    ]
+    grids = np.meshgrid(*firsts, indexing="ij")
+    return np.ravel_multi_index(tuple(grids), geom.window)
 
 
 # --------------------------------------------------------------------------------------------
