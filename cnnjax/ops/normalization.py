@@ -28,6 +28,7 @@ from cnnjax.ops._common import (
     conv_dimension_numbers,
     spatial_ndim,
 )
+from cnnjax.ops.conv import _conv_general_dilated
 
 __all__ = ["local_contrast_norm", "local_response_norm"]
 
@@ -377,11 +378,13 @@ def _lcn_xla(x: jax.Array, cfg: _LcnConfig) -> jax.Array:
     dims = conv_dimension_numbers(cfg.ndim)
 
     def weighted_sum(a: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(
+        # conv.py's wrapper: with C = 1 this is a one-in/one-out-feature conv, which XLA:CPU
+        # can fault on with a wide padding (see _conv_two_output_features).
+        return _conv_general_dilated(
             a,
             kernel,
-            (1,) * cfg.ndim,
-            [(r, r)] * cfg.ndim,
+            window_strides=(1,) * cfg.ndim,
+            padding=[(r, r)] * cfg.ndim,
             dimension_numbers=dims,
             precision=lax.Precision.HIGHEST,
         )
