@@ -157,6 +157,8 @@ class _State:
                 outs = list(self.marker_hook(len(self.markers), outs))
             self.markers.append(outs)
             return outs
+        if name == "cond":  # e.g. lax.platform_dependent (conv.py's XLA:CPU workaround)
+            return self._cond(eqn, ins)
         jaxpr = _sub_jaxpr(eqn)
         if jaxpr is not None:
             consts = [None] * len(jaxpr.constvars)
@@ -172,6 +174,15 @@ class _State:
             return [_elementwise(eqn, ins, v) for v in eqn.outvars]
         self.unknown.add(name)
         return [None] * n_out
+
+    def _cond(self, eqn, ins: list[Field | None]) -> list[Field | None]:
+        """Every branch sees the operands (``ins[0]`` is the branch index); an output's field is
+        the union over the branches (they compute the same function on every platform)."""
+        outs = [
+            self.run(branch.jaxpr, [None] * len(branch.jaxpr.constvars), ins[1:])
+            for branch in eqn.params["branches"]
+        ]
+        return [_merge([o[i] for o in outs if o[i] is not None]) for i in range(len(eqn.outvars))]
 
 
 def _is_var(v) -> bool:

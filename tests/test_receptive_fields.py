@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cnnjax import shapes
 from cnnjax.model_summary import print_summary
 from cnnjax.ops import avg_pool, conv, conv_transpose, max_pool
-from cnnjax.receptive_fields import fields_of
+from cnnjax.receptive_fields import fields_of, input_field, jaxpr_fields
 
 
 def spec(*shape):
@@ -165,3 +165,18 @@ def test_layers_between_windows_stay_on_the_main_path():
     tracer-based summary dropped them from the main path)."""
     rows = {r.path: r for r in print_summary("nin", print_fn=None).layers}
     assert rows["Dropout_0"].on_main_path and rows["Dropout_1"].on_main_path
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_one_channel_convs_through_the_platform_dependent_workaround(channels):
+    """A conv with one input and one output feature runs inside ``lax.platform_dependent`` (a
+    ``cond``; conv.py's XLA:CPU workaround): its field must be the conv's, as for two channels
+    (the walker used to treat the ``cond`` as elementwise, then fail in the max pool's rule)."""
+
+    def two_convs(x, w):  # 3×3 conv, 2×2/2 max pool, 3×3 conv
+        return conv(max_pool(conv(x, w, padding=1), 2), w, padding=1)
+
+    x = jnp.zeros((1, 16, 16, channels))
+    traced = jax.make_jaxpr(two_convs)(x, jnp.zeros((3, 3, channels, channels)))
+    field = jaxpr_fields(traced, [input_field(4), None]).outputs[0]
+    assert [(f.size, f.jump, f.start) for f in field.by_dim()] == [(8, 2, 1), (8, 2, 1)]
