@@ -245,8 +245,11 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnjax`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the benchmarks
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, rest = _pop_debug(argv)
+    args = parser.parse_args(rest)
+    args.debug = debug
+    args.argv = argv  # recorded by the benchmarks
     try:
         status = args.handler(args)
     except (ValueError, TypeError, OSError) as e:  # user mistakes and environment faults
@@ -260,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnjax {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before ``--`` (any subcommand): (found, argv without it)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"]
+    return len(kept) < end, kept + argv[end:]
 
 
 def _one_line(error: BaseException) -> str:
@@ -407,7 +417,10 @@ def _confusion_path(workdir: str, dataset: str | None, step: int) -> pathlib.Pat
 def _models(args: argparse.Namespace) -> int:
     from cnnjax.models import create_model, get_model_info, list_models
 
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, task=None)
+    if not names:
+        print(f"cnnjax models: no model matches {args.pattern!r} (see `cnnjax models`)")
+        return 0
     if not args.params:
         counts = dict.fromkeys(names)
     else:
@@ -423,12 +436,12 @@ def _models(args: argparse.Namespace) -> int:
             counts[name] = sum(int(v.size) for v in jax.tree.leaves(shapes.get("params", {})))
     width = max((len(n) for n in names), default=5)
     params_column = f"  {'params':>13}" if args.params else ""
-    print(f"{'model':<{width}}  {'input':>12}{params_column}  paper")
+    print(f"{'model':<{width}}  {'task':<14}  {'input':>12}{params_column}  paper")
     for name in names:
         info = get_model_info(name)
         shape = "×".join(map(str, info.input_shape))
         params = f"  {counts[name]:>13,}" if args.params else ""
-        print(f"{name:<{width}}  {shape:>12}{params}  {info.paper}")
+        print(f"{name:<{width}}  {info.task:<14}  {shape:>12}{params}  {info.paper}")
     return 0
 
 
@@ -439,6 +452,10 @@ def _summary(args: argparse.Namespace) -> int:
     if args.depth is not None:
         kwargs["depth"] = args.depth
     if args.input_size is None:
+        from cnnjax.models import get_model_info
+
+        if get_model_info(args.model).input_shape is None:
+            raise ValueError(f"{args.model} declares no input_shape: pass --input-size H W C")
         print_summary(args.model, **kwargs)
         return 0
     print_summary(args.model, _input_shape(args.model, args.input_size), **kwargs)
@@ -447,7 +464,9 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _input_shape(model: str, sizes: list[int]) -> tuple[int, ...]:
     """``S`` → ``(S, S, C)``, ``H W`` → ``(H, W, C)`` with the model's ``C``; ``H W C`` as given."""
-    if len(sizes) >= 3:
+    if len(sizes) > 3:
+        raise ValueError(f"--input-size takes 1-3 numbers (S, H W or H W C), got {len(sizes)}")
+    if len(sizes) == 3:
         return tuple(sizes)
     from cnnjax.models import get_model_info
 
@@ -476,7 +495,8 @@ def _forward(name: str):
     def handler(args: argparse.Namespace) -> int:
         import importlib
 
-        return int(importlib.import_module(f"cnnjax.{name}").main(list(args.args)) or 0)
+        forwarded = list(args.args) + (["--debug"] if args.debug and name == "viz" else [])
+        return int(importlib.import_module(f"cnnjax.{name}").main(forwarded) or 0)
 
     return handler
 

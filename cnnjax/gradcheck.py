@@ -491,8 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     tol = TOLERANCES[args.dtype] if args.tol is None else args.tol
     edges = args.edges or args.dtype in ("float16", "bfloat16")
 
-    import time
-
     import jax
 
     from cnnjax.progress import echo, progress_bar
@@ -515,7 +513,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header)
     print("-" * len(header), flush=True)
     failed = []
-    started = time.perf_counter()
     bar = progress_bar(len(args.ops) * args.cases, "gradcheck", "case")
     for index, op in enumerate(args.ops, start=1):
         bar.set_description(f"[{index}/{len(args.ops)}] {op}", refresh=False)
@@ -525,12 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = "".join(f"{g:>11.1e}" if g is not None else f"{'':>11}" for g in grads)
         worst = max([r.worst_forward, *r.worst_grad.values()])
         flag = "  FAIL" if not worst <= tol else ""
-        elapsed = time.perf_counter() - started
-        remaining = elapsed / index * (len(args.ops) - index)
-        eta = f"  (about {remaining:.0f} s left)" if index < len(args.ops) else ""
-        echo(
-            bar, f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}{eta}"
-        )
+        echo(bar, f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}")
         if not worst <= tol:
             failed.append((op, worst, r.worst_case))
     bar.close()

@@ -323,7 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, like every cnnjax command
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="cnnjax viz", description="pictures of CNN internals")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="what", metavar="SUBCOMMAND", required=True)
     p = sub.add_parser("edges", help="the seeds' 6×6 vertical-edge convolution, with numbers")
     p.add_argument("--output", default="edges.png", help="PNG path (default: edges.png)")
@@ -342,7 +346,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             action="store_true",
             help="the best checkpoint (WORKDIR/checkpoints_best) instead of the latest",
         )
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
         if name in ("features", "receptive-field"):
             p.add_argument("--image", help="an image file (default: a test image, see --index)")
             p.add_argument("--index", type=int, default=0, help="test image index (default 0)")
@@ -359,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(_run_viz(args))
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if getattr(args, "debug", False):
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        if debug:
             raise
         print(f"cnnjax viz {args.what}: error: {e}", file=sys.stderr)
         return 2
