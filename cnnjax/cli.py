@@ -58,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, help="peak learning rate (default: 0.005, AdamW + cosine)")
     p.add_argument("--workdir", help="run directory (default: runs/MODEL_DATASET)")
-    p.add_argument("--config", help="experiments/configs/NAME.py defining get_config()")
+    p.add_argument(
+        "--config", help="experiments/configs/NAME.py defining get_config() (default: none)"
+    )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any config field, e.g. --set optimizer.weight_decay=1e-4 (repeatable)",
+        help="override any config field, e.g. --set optimizer.weight_decay=1e-4 "
+        "(repeatable; default: none)",
     )
     p.add_argument(
         "--parallel",
@@ -107,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-split",
         type=float,
-        help="folder:ROOT/CLASS data: hold out this fraction of every class (seeded) for testing",
+        help="folder:ROOT/CLASS data: hold out this fraction of every class (seeded) for testing "
+        "(default: none, the ROOT/train and ROOT/test split)",
     )
     p.add_argument(
         "--skip-bad-files", action="store_true", help="folder data: skip unreadable images"
@@ -129,10 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         "added steps",
     )
     p.add_argument(
-        "--coordinator", help="multi-process: coordinator host:port, or auto (SLURM, TPU, MPI)"
+        "--coordinator",
+        help="multi-process: coordinator host:port, or auto (SLURM, TPU, MPI; default: none)",
     )
-    p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
-    p.add_argument("--process-id", type=int, help="multi-process: this process's index")
+    p.add_argument(
+        "--num-processes", type=int, help="multi-process: number of processes (default: 1)"
+    )
+    p.add_argument(
+        "--process-id", type=int, help="multi-process: this process's index (default: 0)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(handler=_train)
 
@@ -143,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         "WORKDIR/checkpoints_best) on the test split of its data set.",
     )
     p.add_argument("workdir")
-    p.add_argument("--dataset", help="evaluate on another data set with the same classes")
+    p.add_argument(
+        "--dataset", help="evaluate on another data set with the same classes (default: the run's)"
+    )
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument(
         "--checkpoint",
