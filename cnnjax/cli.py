@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: stop)",
     )
     p.add_argument(
-        "--seed", type=int, help="seed of initialisation, shuffling and augmentation (default: 0)"
+        "--seed",
+        type=_non_negative_int,
+        help="seed of initialisation, shuffling and augmentation (default: 0)",
     )
     p.add_argument(
         "--best-metric",
@@ -281,6 +283,17 @@ def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
     end = argv.index("--") if "--" in argv else len(argv)
     kept = [a for a in argv[:end] if a != "--debug"]
     return len(kept) < end, kept + argv[end:]
+
+
+def _non_negative_int(text: str) -> int:
+    """``--seed``: an int >= 0 (JAX's own message for -1 names no option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
 
 
 def _one_line(error: BaseException) -> str:
