@@ -82,7 +82,7 @@ def test_models_builds_no_model_and_prints_full_paper_references(monkeypatch, ca
 def test_models_params_counts_with_eval_shape(capsys):
     assert main(["models", "lenet", "--params"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"lenet5\s+32×32×1\s+60,850\s+LeCun", out), out
+    assert re.search(r"lenet5\s+classification\s+32×32×1\s+60,850\s+LeCun", out), out
 
 
 def test_summary_input_size_one_two_or_three_numbers(capsys):
