@@ -336,3 +336,20 @@ def test_both_progress_settings_are_validated_alike(capsys, monkeypatch, name, v
     argv = ["bench", "ops", "--only", "global_avg_pool", "--repeats", "1", "--batch", "1"]
     assert main(argv) == 2
     assert f"{name} must be" in capsys.readouterr().err
+
+
+def test_the_training_bar_on_a_terminal_leaves_no_line_behind(capsys):
+    """On a tty the closed bar left a line (blank where the width is unknown) before `best:`."""
+    import io
+
+    from cnnjax.train.metrics import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    progress = Progress(4, 0, log_every=1, stream=Terminal())
+    progress.update(4, 1, {"loss": 0.5})
+    progress.close()
+    err = capsys.readouterr().err
+    assert "4/4" in err and "\n" not in err, repr(err)
