@@ -139,10 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="multi-process: coordinator host:port, or auto (SLURM, TPU, MPI; default: none)",
     )
     p.add_argument(
-        "--num-processes", type=int, help="multi-process: number of processes (default: 1)"
+        "--num-processes",
+        type=int,
+        help="multi-process: number of processes (default: 1; detected with --coordinator auto)",
     )
     p.add_argument(
-        "--process-id", type=int, help="multi-process: this process's index (default: 0)"
+        "--process-id",
+        type=int,
+        help="multi-process: this process's index (default: 0; detected with --coordinator auto)",
     )
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(handler=_train)
