@@ -58,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, help="peak learning rate (default: 0.005, AdamW + cosine)")
     p.add_argument("--workdir", help="run directory (default: runs/MODEL_DATASET)")
-    p.add_argument("--config", help="experiments/configs/NAME.py defining get_config()")
+    p.add_argument(
+        "--config", help="experiments/configs/NAME.py defining get_config() (default: none)"
+    )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any config field, e.g. --set optimizer.weight_decay=1e-4 (repeatable)",
+        help="override any config field, e.g. --set optimizer.weight_decay=1e-4 "
+        "(repeatable; default: none)",
     )
     p.add_argument(
         "--parallel",
@@ -95,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: stop)",
     )
     p.add_argument(
-        "--seed", type=int, help="seed of initialisation, shuffling and augmentation (default: 0)"
+        "--seed",
+        type=_non_negative_int,
+        help="seed of initialisation, shuffling and augmentation (default: 0)",
     )
     p.add_argument(
         "--best-metric",
@@ -107,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-split",
         type=float,
-        help="folder:ROOT/CLASS data: hold out this fraction of every class (seeded) for testing",
+        help="folder:ROOT/CLASS data: hold out this fraction of every class (seeded) for testing "
+        "(default: none, the ROOT/train and ROOT/test split)",
     )
     p.add_argument(
         "--skip-bad-files", action="store_true", help="folder data: skip unreadable images"
@@ -129,10 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
         "added steps",
     )
     p.add_argument(
-        "--coordinator", help="multi-process: coordinator host:port, or auto (SLURM, TPU, MPI)"
+        "--coordinator",
+        help="multi-process: coordinator host:port, or auto (SLURM, TPU, MPI; default: none)",
     )
-    p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
-    p.add_argument("--process-id", type=int, help="multi-process: this process's index")
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        help="multi-process: number of processes (default: 1; detected with --coordinator auto)",
+    )
+    p.add_argument(
+        "--process-id",
+        type=int,
+        help="multi-process: this process's index (default: 0; detected with --coordinator auto)",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(handler=_train)
 
@@ -143,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         "WORKDIR/checkpoints_best) on the test split of its data set.",
     )
     p.add_argument("workdir")
-    p.add_argument("--dataset", help="evaluate on another data set with the same classes")
+    p.add_argument(
+        "--dataset", help="evaluate on another data set with the same classes (default: the run's)"
+    )
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument(
         "--checkpoint",
@@ -245,8 +262,11 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnjax`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the benchmarks
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, rest = _pop_debug(argv)
+    args = parser.parse_args(rest)
+    args.debug = debug
+    args.argv = argv  # recorded by the benchmarks
     try:
         status = args.handler(args)
     except (ValueError, TypeError, OSError) as e:  # user mistakes and environment faults
@@ -260,6 +280,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnjax {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before ``--`` (any subcommand): (found, argv without it)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"]
+    return len(kept) < end, kept + argv[end:]
+
+
+def _non_negative_int(text: str) -> int:
+    """``--seed``: an int >= 0 (JAX's own message for -1 names no option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
 
 
 def _one_line(error: BaseException) -> str:
@@ -407,7 +445,10 @@ def _confusion_path(workdir: str, dataset: str | None, step: int) -> pathlib.Pat
 def _models(args: argparse.Namespace) -> int:
     from cnnjax.models import create_model, get_model_info, list_models
 
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, task=None)
+    if not names:
+        print(f"cnnjax models: no model matches {args.pattern!r} (see `cnnjax models`)")
+        return 0
     if not args.params:
         counts = dict.fromkeys(names)
     else:
@@ -423,12 +464,12 @@ def _models(args: argparse.Namespace) -> int:
             counts[name] = sum(int(v.size) for v in jax.tree.leaves(shapes.get("params", {})))
     width = max((len(n) for n in names), default=5)
     params_column = f"  {'params':>13}" if args.params else ""
-    print(f"{'model':<{width}}  {'input':>12}{params_column}  paper")
+    print(f"{'model':<{width}}  {'task':<14}  {'input':>12}{params_column}  paper")
     for name in names:
         info = get_model_info(name)
         shape = "×".join(map(str, info.input_shape))
         params = f"  {counts[name]:>13,}" if args.params else ""
-        print(f"{name:<{width}}  {shape:>12}{params}  {info.paper}")
+        print(f"{name:<{width}}  {info.task:<14}  {shape:>12}{params}  {info.paper}")
     return 0
 
 
@@ -439,6 +480,10 @@ def _summary(args: argparse.Namespace) -> int:
     if args.depth is not None:
         kwargs["depth"] = args.depth
     if args.input_size is None:
+        from cnnjax.models import get_model_info
+
+        if get_model_info(args.model).input_shape is None:
+            raise ValueError(f"{args.model} declares no input_shape: pass --input-size H W C")
         print_summary(args.model, **kwargs)
         return 0
     print_summary(args.model, _input_shape(args.model, args.input_size), **kwargs)
@@ -447,7 +492,9 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _input_shape(model: str, sizes: list[int]) -> tuple[int, ...]:
     """``S`` → ``(S, S, C)``, ``H W`` → ``(H, W, C)`` with the model's ``C``; ``H W C`` as given."""
-    if len(sizes) >= 3:
+    if len(sizes) > 3:
+        raise ValueError(f"--input-size takes 1-3 numbers (S, H W or H W C), got {len(sizes)}")
+    if len(sizes) == 3:
         return tuple(sizes)
     from cnnjax.models import get_model_info
 
@@ -476,7 +523,8 @@ def _forward(name: str):
     def handler(args: argparse.Namespace) -> int:
         import importlib
 
-        return int(importlib.import_module(f"cnnjax.{name}").main(list(args.args)) or 0)
+        forwarded = list(args.args) + (["--debug"] if args.debug and name == "viz" else [])
+        return int(importlib.import_module(f"cnnjax.{name}").main(forwarded) or 0)
 
     return handler
 

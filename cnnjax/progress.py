@@ -42,7 +42,7 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", *, enabled: boo
         mininterval=0.2 if terminal else 10.0,
         dynamic_ncols=terminal,
         leave=not terminal,  # a log keeps the last frame: count, time taken
-        disable=not enabled or os.environ.get("CNNJAX_PROGRESS", "1") == "0",
+        disable=not (_switched_on() and enabled),
     )
 
 
@@ -58,6 +58,14 @@ def echo(bar, line: str) -> None:
     """Print a result ``line`` on stdout without tearing ``bar``, flushed (logs see it now)."""
     bar.write(line, file=sys.stdout)
     sys.stdout.flush()
+
+
+def _switched_on() -> bool:
+    """``CNNJAX_PROGRESS``: ``1`` (the default) or ``0``; anything else raises ``ValueError``."""
+    text = os.environ.get("CNNJAX_PROGRESS", "1")
+    if text not in ("0", "1"):
+        raise ValueError(f"CNNJAX_PROGRESS must be 0 (no progress bars) or 1, got {text!r}")
+    return text == "1"
 
 
 def _delay() -> float:

@@ -320,10 +320,27 @@ def plot_receptive_field(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``cnnjax viz SUBCOMMAND``: one PNG per call; errors print one line and return 2."""
-    import argparse
     import sys
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, like every cnnjax command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    try:
+        print(_run_viz(args))
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        if debug:
+            raise
+        print(f"cnnjax viz {args.what}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser():
+    """The ``cnnjax viz`` argument parser (one sub-parser per picture)."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="cnnjax viz", description="pictures of CNN internals")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="what", metavar="SUBCOMMAND", required=True)
     p = sub.add_parser("edges", help="the seeds' 6×6 vertical-edge convolution, with numbers")
     p.add_argument("--output", default="edges.png", help="PNG path (default: edges.png)")
@@ -342,29 +359,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             action="store_true",
             help="the best checkpoint (WORKDIR/checkpoints_best) instead of the latest",
         )
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
         if name in ("features", "receptive-field"):
             p.add_argument("--image", help="an image file (default: a test image, see --index)")
             p.add_argument("--index", type=int, default=0, help="test image index (default 0)")
         if name == "features":
-            p.add_argument("--layers", nargs="+", help="layer paths (see `cnnjax summary`)")
+            p.add_argument(
+                "--layers",
+                nargs="+",
+                help="layer paths (see `cnnjax summary`; default: the first, middle and last conv)",
+            )
         if name in ("deconv", "receptive-field"):
             p.add_argument("--layer", help="layer path (default: the deepest spatial conv)")
         if name == "deconv":
-            p.add_argument("--top", type=int, default=4, help="activations to project")
-            p.add_argument("--images", type=int, default=32, help="test images searched")
+            p.add_argument("--top", type=int, default=4, help="activations to project (default: 4)")
+            p.add_argument(
+                "--images", type=int, default=32, help="test images searched (default: 32)"
+            )
         if name == "receptive-field":
             p.add_argument("--unit", type=int, nargs="+", help="unit position (default: centre)")
-            p.add_argument("--images", type=int, default=8, help="test images averaged")
-    args = parser.parse_args(argv)
-    try:
-        print(_run_viz(args))
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"cnnjax viz {args.what}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+            p.add_argument(
+                "--images", type=int, default=8, help="test images averaged (default: 8)"
+            )
+    return parser
 
 
 def _run_viz(args) -> str:

@@ -70,6 +70,8 @@ def test_bench_train_tiny_reports_every_variant_and_appends_markdown(tmp_path, c
     captured = capsys.readouterr()
     out = captured.out
     assert "img/s" in out and "ms/step" in out and "jax custom float32" in out
+    assert "compiling" not in out and "timing" not in out  # status lines: stderr, not stdout
+    assert "compiling 2 JAX variant(s)" in captured.err and "compiled in" in captured.err
     assert re.search(r"bench train lenet5: +\d+%.*\| \d+/\d+ \[\d\d:\d\d<\d\d:\d\d", captured.err)
     text = md.read_text()
     assert text.startswith("# Benchmarks\n")

@@ -84,7 +84,7 @@ def test_train_lenet5_on_digits_then_eval_and_plot(tmp_path, capsys):
 def test_models_lists_names_inputs_and_parameter_counts(capsys):
     assert main(["models", "lenet", "--params"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"lenet5\s+32×32×1\s+60,850", out), out
+    assert re.search(r"lenet5\s+classification\s+32×32×1\s+60,850", out), out
 
 
 def test_summary_calls_the_summary_module(monkeypatch, capsys):

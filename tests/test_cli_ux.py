@@ -82,7 +82,7 @@ def test_models_builds_no_model_and_prints_full_paper_references(monkeypatch, ca
 def test_models_params_counts_with_eval_shape(capsys):
     assert main(["models", "lenet", "--params"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"lenet5\s+32×32×1\s+60,850\s+LeCun", out), out
+    assert re.search(r"lenet5\s+classification\s+32×32×1\s+60,850\s+LeCun", out), out
 
 
 def test_summary_input_size_one_two_or_three_numbers(capsys):
@@ -235,4 +235,121 @@ def test_own_model_from_a_file_path_and_clear_errors(tmp_path, capsys):
     assert main(["summary", "no_such_module_xyz:Net"]) == 2
     assert "cannot import 'no_such_module_xyz'" in capsys.readouterr().err
     assert main(["summary", f"{path}:tiny_without_impl"]) == 2
-    assert "declares no input_shape" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "declares no input_shape: pass --input-size H W C" in err, err
+
+
+def test_stdout_is_only_results_status_lines_go_to_stderr(capsys, monkeypatch):
+    """The gradcheck table carried "(about 8 s left)" even with CNNJAX_PROGRESS=0."""
+    monkeypatch.setenv("CNNJAX_PROGRESS", "0")
+    argv = ["gradcheck", "--ops", "global_avg_pool", "global_max_pool", "--cases", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    rows = [line for line in captured.out.splitlines() if line.startswith("global_")]
+    assert len(rows) == 2 and not any("left" in row for row in rows), captured.out
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["viz", "filters", "W", "--debug"],
+        ["--debug", "viz", "filters", "W"],
+        ["bench", "train", "nosuch", "--tiny", "--debug"],
+        ["bench", "--debug", "ops", "--batch", "0"],
+        ["summary", "--debug", "nosuch"],
+    ],
+)
+def test_debug_is_accepted_by_every_subcommand_and_shows_the_traceback(tmp_path, argv):
+    with pytest.raises((OSError, ValueError)):
+        main([str(tmp_path / a) if a == "W" else a for a in argv])
+
+
+def test_viz_error_without_debug_is_one_line_naming_the_picture(tmp_path, capsys):
+    assert main(["viz", "filters", str(tmp_path / "W")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnjax viz filters: error: ") and err.count("\n") == 1, err
+
+
+def test_models_lists_every_task_and_says_when_nothing_matches(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["model", "task", "input"]
+    assert re.search(r"^unet +segmentation +572×572×1 ", out, re.MULTILINE), out
+    assert re.search(r"^segnet +segmentation ", out, re.MULTILINE)
+    assert re.search(r"^lenet5 +classification +32×32×1 ", out, re.MULTILINE)
+    assert main(["models", "zzzz"]) == 0
+    assert (
+        capsys.readouterr().out == "cnnjax models: no model matches 'zzzz' (see `cnnjax models`)\n"
+    )
+
+
+def _options(parser: argparse.ArgumentParser, name: str):
+    """(command, action) for every option with a value, through nested sub-commands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _options(sub, f"{name} {sub_name}")
+        elif action.option_strings and action.nargs != 0 and action.help != argparse.SUPPRESS:
+            yield name, action
+
+
+def test_every_option_of_every_subcommand_states_its_default():
+    from cnnjax import gradcheck, viz
+
+    parsers = {"cnnjax": build_parser(), "gradcheck": gradcheck.build_parser()}
+    parsers["viz"] = viz.build_parser()
+    seen = 0
+    for name, parser in parsers.items():
+        for command, action in _options(parser, name):
+            seen += 1
+            assert re.search(r"[(;] ?default\b", action.help or ""), (
+                f"{command} {action.option_strings[0]}: help states no default: {action.help!r}"
+            )
+    assert seen > 60
+    assert "batchs" not in " ".join(a.help for _, a in _options(parsers["cnnjax"], "cnnjax"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["summary", "lenet5", "--input-size", "64", "64", "3", "3"], "--input-size takes 1-3"),
+        (["train", "lenet5", "--seed", "-1"], "argument --seed: must be an int >= 0, got '-1'"),
+        (["bench", "ops", "--batch", "0"], "--batch must be >= 1, got 0"),
+    ],
+)
+def test_small_mistakes_exit_2_with_one_line_naming_the_option(capsys, argv, message):
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err.splitlines()[-1], err
+    assert err.startswith("usage:") or err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("CNNJAX_PROGRESS", "maybe"), ("CNNJAX_PROGRESS_DELAY", "abc")]
+)
+def test_both_progress_settings_are_validated_alike(capsys, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    argv = ["bench", "ops", "--only", "global_avg_pool", "--repeats", "1", "--batch", "1"]
+    assert main(argv) == 2
+    assert f"{name} must be" in capsys.readouterr().err
+
+
+def test_the_training_bar_on_a_terminal_leaves_no_line_behind(capsys):
+    """On a tty the closed bar left a line (blank where the width is unknown) before `best:`."""
+    import io
+
+    from cnnjax.train.metrics import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    progress = Progress(4, 0, log_every=1, stream=Terminal())
+    progress.update(4, 1, {"loss": 0.5})
+    progress.close()
+    err = capsys.readouterr().err
+    assert "4/4" in err and "\n" not in err, repr(err)

@@ -19,25 +19,29 @@ from collections.abc import Sequence
 __all__ = ["add_parsers", "main"]
 
 _COMMON_OUTPUT = (
-    ("--json", {"metavar": "PATH", "help": "also write {meta, results} as JSON to PATH"}),
+    (
+        "--json",
+        {"metavar": "PATH", "help": "also write {meta, results} as JSON to PATH (default: none)"},
+    ),
     (
         "--append-md",
         {
             "metavar": "PATH",
             "help": "append the table, machine and command to PATH "
-            "(e.g. experiments/BENCHMARKS.md)",
+            "(e.g. experiments/BENCHMARKS.md; default: none)",
         },
     ),
 )
 
 
 def _timing_args(p: argparse.ArgumentParser, *, batch: int, steps: int, what: str) -> None:
+    whats = f"{what}es" if what.endswith("h") else f"{what}s"
     p.add_argument("--batch", type=int, default=batch, help=f"images per {what} (default {batch})")
     p.add_argument(
-        "--steps", type=int, default=steps, help=f"{what}s timed per round (default {steps})"
+        "--steps", type=int, default=steps, help=f"{whats} timed per round (default {steps})"
     )
     p.add_argument(
-        "--warmup", type=int, default=2, help=f"untimed {what}s after compiling (default 2)"
+        "--warmup", type=int, default=2, help=f"untimed {whats} after compiling (default 2)"
     )
     p.add_argument(
         "--repeats", type=int, default=5, help="timed rounds; the table shows medians (default 5)"
@@ -63,8 +67,10 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch", type=int, default=8, help="batch size N (default 8)")
     p.add_argument("--repeats", type=int, default=15, help="timed calls; medians (default 15)")
-    p.add_argument("--only", help="run only workloads whose name contains this")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--only", help="run only workloads whose name contains this (default: all)")
+    p.add_argument(
+        "--json", metavar="PATH", help="also write the results as JSON to PATH (default: none)"
+    )
     p.set_defaults(bench_module="ops")
 
     p = sub.add_parser(
@@ -113,10 +119,14 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
     )
     p.add_argument("dataset", help="digits | synthetic | npz:PATH | folder:PATH | TFDS name")
     _timing_args(p, batch=128, steps=20, what="batch")
-    p.add_argument("--padding", type=int, default=4, help="zero padding before the crop (px, 4)")
+    p.add_argument(
+        "--padding", type=int, default=4, help="zero padding before the crop in px (default 4)"
+    )
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
     p.add_argument("--crop-size", type=int, help="crop side in px (default: the image size)")
-    p.add_argument("--image-size", type=int, help="fit images to this side first (px)")
+    p.add_argument(
+        "--image-size", type=int, help="fit images to this side first, px (default: as stored)"
+    )
     p.add_argument(
         "--workers",
         default="0",

@@ -156,17 +156,17 @@ def run(batch: int, repeats: int, only: str | None) -> list[dict]:
 
 _COLUMNS = [
     ("workload", 36, "s"),
-    ("custom fwd ms", 11, ".2f"),
-    ("xla fwd ms", 11, ".2f"),
+    ("custom fwd ms", 13, ".2f"),
+    ("xla fwd ms", 13, ".2f"),
     ("ratio fwd", 10, ".2f"),
-    ("custom fwd+bwd ms", 11, ".2f"),
-    ("xla fwd+bwd ms", 11, ".2f"),
+    ("custom fwd+bwd ms", 13, ".2f"),
+    ("xla fwd+bwd ms", 13, ".2f"),
     ("ratio fwd+bwd", 10, ".2f"),
 ]
 
 
 def _header() -> str:
-    names = ["workload", "cust fwd", "xla fwd", "ratio", "cust f+b", "xla f+b", "ratio"]
+    names = ["workload", "cust fwd ms", "xla fwd ms", "ratio", "cust f+b ms", "xla f+b ms", "ratio"]
     return "".join(
         f"{n:<{w}}" if i == 0 else f"{n:>{w}}"
         for i, (n, (_, w, _)) in enumerate(zip(names, _COLUMNS))
@@ -182,6 +182,9 @@ def _format_row(row: dict) -> str:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``cnnjax bench ops`` handler (arguments defined in :mod:`cnnjax.bench`)."""
+    for name in ("batch", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"bench ops: --{name} must be >= 1, got {getattr(args, name)}")
     device = jax.devices()[0]
     print(
         f"# jax {jax.__version__} on {device.platform} ({device.device_kind}), "

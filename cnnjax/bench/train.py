@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -203,10 +204,17 @@ def run(
     num_classes: int | None = None,
     use_torch: bool = True,
     compile_threads: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Build, compile and time every variant; returns ``{"meta": ..., "results": [rows]}``."""
+    """Build, compile and time every variant; returns ``{"meta": ..., "results": [rows]}``.
+
+    ``log`` receives status lines (default: printed on stderr with a progress bar; stdout is
+    left to the results); pass ``lambda s: None`` for silence (and no bar).
+    """
     from cnnjax.models import get_model_info
+
+    show_bar = log is None
+    log = log or functools.partial(print, file=sys.stderr, flush=True)
 
     for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
         if value < 1:
@@ -260,7 +268,7 @@ def run(
             v.step(warmup)
     log(f"timing {repeats} round(s) of {steps} step(s) per variant ...")
     bar = progress_bar(
-        repeats * len(variants), f"bench train {model_name}", "round", enabled=log is print
+        repeats * len(variants), f"bench train {model_name}", "round", enabled=show_bar
     )
     for r in range(repeats):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
@@ -346,7 +354,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         use_torch=not args.no_torch,
         compile_threads=args.compile_threads,
-        log=(lambda s: None) if args.quiet else print,
+        log=(lambda s: None) if args.quiet else None,
     )
     report.emit(result, COLUMNS, args, title=f"bench train {args.model}")
     return 0

@@ -142,7 +142,9 @@ class Progress:
         if enabled and self.stream.isatty():
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False
+            )
 
     def update(self, step: int, epoch: int, stats: dict[str, float] | None) -> None:
         """Advance to ``step``; ``stats`` (see :func:`format_stats`) when freshly computed."""
