@@ -98,6 +98,11 @@ def run(
         dataset = load_dataset(
             dataset_name, image_size=image_size, val_split=0.1, skip_bad_files=skip_bad_files
         )
+    if len(dataset.train) < batch:
+        raise ValueError(
+            f"bench data: --batch {batch} is larger than the training split "
+            f"({len(dataset.train)} examples)"
+        )
     names = {"padding": "--padding", "crop_size": "--crop-size"}
     check_augment_geometry(padding, crop_size, dataset.image_shape[:2], names=names)
     augment = AugmentConfig(padding, flip, crop_size)
