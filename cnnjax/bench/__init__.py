@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,14 @@ _COMMON_OUTPUT = (
 )
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr (no usage block), ``--flag must ...``, exit status 2."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (\S+): ", r"\1 ", message)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _int_at_least(low: int):
     """An argparse ``type=``: an ``int >= low`` (else an error that argparse prefixes with the
     option's name, exit 2)."""
@@ -41,7 +50,7 @@ def _int_at_least(low: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         return value
@@ -56,12 +65,14 @@ def _comma_list(allowed: Sequence[str] | None = None, *, item=str, text: bool = 
     def parse(raw: str):
         parts = [s.strip() for s in raw.split(",")]
         if not raw.strip() or "" in parts:
-            raise argparse.ArgumentTypeError(f"empty entry in comma list {raw!r}")
+            raise argparse.ArgumentTypeError(
+                f"must be a comma list without empty entries, got {raw!r}"
+            )
         if len(set(parts)) < len(parts):
-            raise argparse.ArgumentTypeError(f"repeated entry in comma list {raw!r}")
+            raise argparse.ArgumentTypeError(f"must be a comma list without repeats, got {raw!r}")
         if allowed is not None and set(parts) - set(allowed):
             raise argparse.ArgumentTypeError(
-                f"entries must be among {', '.join(allowed)}; got {raw!r}"
+                f"must be a comma list of {', '.join(allowed)}; got {raw!r}"
             )
         values = tuple(item(s) for s in parts)
         return ",".join(parts) if text else values
@@ -117,7 +128,9 @@ def _timing_args(p: argparse.ArgumentParser, *, batch: int, steps: int, what: st
 
 def add_parsers(bench: argparse.ArgumentParser) -> None:
     """Add the ``ops``, ``train`` and ``data`` sub-commands to the ``bench`` parser."""
-    sub = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    sub = bench.add_subparsers(
+        dest="suite", metavar="SUITE", required=True, parser_class=_OneLineErrors
+    )
     p = sub.add_parser(
         "ops",
         help="per-op forward and forward+backward time, custom VJP vs xla",
