@@ -94,16 +94,18 @@ def lecun1998_uniform() -> Initializer:
     return init
 
 
-def check_input_size(x: jax.Array, *, model: str, min_size: int) -> None:
+def check_input_size(x: jax.Array, *, model: str, min_size: int, hint: str = "") -> None:
     """Raise a ``ValueError`` naming ``model`` when a spatial side of ``x`` is below ``min_size``.
 
     Models call this first in ``__call__`` so that a too-small image fails with the model's
-    minimum input size instead of deep inside an op. ``x`` is ``(N, *spatial, C)``.
+    minimum input size instead of deep inside an op. ``x`` is ``(N, *spatial, C)``; ``hint``
+    (how to fix it) ends the message.
     """
     if x.ndim < 3 or min(x.shape[1:-1]) < min_size:
         raise ValueError(
             f"{model} needs inputs of shape (N, H, W, C) with H, W >= {min_size} "
             f"(its minimum input size is {min_size}x{min_size}); got {tuple(x.shape)}"
+            + (f"; {hint}" if hint else "")
         )
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import pathlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -34,17 +37,89 @@ _COMMON_OUTPUT = (
 )
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr (no usage block), ``--flag must ...``, exit status 2."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (\S+): ", r"\1 ", message)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(low: int):
+    """An argparse ``type=``: an ``int >= low`` (else an error that argparse prefixes with the
+    option's name, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _comma_list(allowed: Sequence[str] | None = None, *, item=str, text: bool = False):
+    """An argparse ``type=``: ``"a,b"`` → ``("a", "b")``; no empty or repeated entry, each one
+    in ``allowed`` (when given) and parsed by ``item``; ``text=True`` keeps the checked string."""
+
+    def parse(raw: str):
+        parts = [s.strip() for s in raw.split(",")]
+        if not raw.strip() or "" in parts:
+            raise argparse.ArgumentTypeError(
+                f"must be a comma list without empty entries, got {raw!r}"
+            )
+        if len(set(parts)) < len(parts):
+            raise argparse.ArgumentTypeError(f"must be a comma list without repeats, got {raw!r}")
+        if allowed is not None and set(parts) - set(allowed):
+            raise argparse.ArgumentTypeError(
+                f"must be a comma list of {', '.join(allowed)}; got {raw!r}"
+            )
+        values = tuple(item(s) for s in parts)
+        return ",".join(parts) if text else values
+
+    return parse
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any timing: create the parent folder of ``--json`` / ``--append-md`` and check
+    that both paths are writable (a ValueError naming the option, else none)."""
+    for flag in ("json", "append_md"):
+        path = getattr(args, flag, None)
+        if not path:
+            continue
+        path = pathlib.Path(path)
+        option = "--" + flag.replace("_", "-")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{option} {path}: cannot create its folder ({e.strerror})") from None
+        if path.is_dir():
+            raise ValueError(f"{option} {path}: is a folder, not a file")
+        target = path if path.exists() else path.parent
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"{option} {path}: not writable")
+
+
 def _timing_args(p: argparse.ArgumentParser, *, batch: int, steps: int, what: str) -> None:
     whats = f"{what}es" if what.endswith("h") else f"{what}s"
-    p.add_argument("--batch", type=int, default=batch, help=f"images per {what} (default {batch})")
+    positive, count = _int_at_least(1), _int_at_least(0)
     p.add_argument(
-        "--steps", type=int, default=steps, help=f"{whats} timed per round (default {steps})"
+        "--batch", type=positive, default=batch, help=f"images per {what} (default {batch})"
     )
     p.add_argument(
-        "--warmup", type=int, default=2, help=f"untimed {whats} after compiling (default 2)"
+        "--steps", type=positive, default=steps, help=f"{whats} timed per round (default {steps})"
     )
     p.add_argument(
-        "--repeats", type=int, default=5, help="timed rounds; the table shows medians (default 5)"
+        "--warmup", type=count, default=2, help=f"untimed {whats} after compiling (default 2)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=positive,
+        default=5,
+        help="timed rounds; the table shows medians (default 5)",
     )
     p.add_argument(
         "--tiny",
@@ -57,7 +132,9 @@ def _timing_args(p: argparse.ArgumentParser, *, batch: int, steps: int, what: st
 
 def add_parsers(bench: argparse.ArgumentParser) -> None:
     """Add the ``ops``, ``train`` and ``data`` sub-commands to the ``bench`` parser."""
-    sub = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    sub = bench.add_subparsers(
+        dest="suite", metavar="SUITE", required=True, parser_class=_OneLineErrors
+    )
     p = sub.add_parser(
         "ops",
         help="per-op forward and forward+backward time, custom VJP vs xla",
@@ -65,8 +142,10 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
         "autodiff (float32, jitted, timed in alternation). Times in ms; ratio = custom / xla "
         "(< 1: the hand-written rule is faster).",
     )
-    p.add_argument("--batch", type=int, default=8, help="batch size N (default 8)")
-    p.add_argument("--repeats", type=int, default=15, help="timed calls; medians (default 15)")
+    p.add_argument("--batch", type=_int_at_least(1), default=8, help="batch size N (default 8)")
+    p.add_argument(
+        "--repeats", type=_int_at_least(1), default=15, help="timed calls; medians (default 15)"
+    )
     p.add_argument("--only", help="run only workloads whose name contains this (default: all)")
     p.add_argument(
         "--json", metavar="PATH", help="also write the results as JSON to PATH (default: none)"
@@ -84,10 +163,14 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name (see `cnnjax models`)")
     _timing_args(p, batch=128, steps=10, what="step")
     p.add_argument(
-        "--impl", default="custom,xla", help="comma list of custom, xla (default custom,xla)"
+        "--impl",
+        type=_comma_list(("custom", "xla"), text=True),
+        default="custom,xla",
+        help="comma list of custom, xla (default custom,xla)",
     )
     p.add_argument(
         "--dtype",
+        type=_comma_list(("float32", "bfloat16"), text=True),
         default="float32,bfloat16",
         help="comma list of compute dtypes float32, bfloat16 (default both; params stay f32)",
     )
@@ -96,12 +179,14 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
         choices=("default", "high", "highest"),
         help="conv/dense precision (default: the backend's; 'highest' = no TF32 on GPU)",
     )
-    p.add_argument("--image-size", type=int, help="H = W in pixels (default: the paper's)")
-    p.add_argument("--num-classes", type=int, help="classes (default: the paper's)")
+    p.add_argument(
+        "--image-size", type=_int_at_least(1), help="H = W in pixels (default: the paper's)"
+    )
+    p.add_argument("--num-classes", type=_int_at_least(1), help="classes (default: the paper's)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
     p.add_argument(
         "--compile-threads",
-        type=int,
+        type=_int_at_least(1),
         default=1,
         help="compile the JAX variants in this many threads (default 1; compile s then "
         "includes waiting)",
@@ -120,21 +205,41 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="digits | synthetic | npz:PATH | folder:PATH | TFDS name")
     _timing_args(p, batch=128, steps=20, what="batch")
     p.add_argument(
-        "--padding", type=int, default=4, help="zero padding before the crop in px (default 4)"
+        "--padding",
+        type=_int_at_least(0),
+        default=4,
+        help="zero padding before the crop in px (default 4)",
     )
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
-    p.add_argument("--crop-size", type=int, help="crop side in px (default: the image size)")
     p.add_argument(
-        "--image-size", type=int, help="fit images to this side first, px (default: as stored)"
+        "--crop-size", type=_int_at_least(1), help="crop side in px (default: the image size)"
+    )
+    p.add_argument(
+        "--image-size",
+        type=_int_at_least(1),
+        help="fit images to this side first, px (default: as stored)",
+    )
+    p.add_argument(
+        "--val-split",
+        type=float,
+        help="folder:ROOT with class folders only: hold out this fraction as the test split "
+        "(only the train split is timed; default 0.1 when the folder has no test split)",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="folder sources: skip unreadable images instead of failing (default: fail)",
     )
     p.add_argument(
         "--workers",
-        default="0",
+        type=_comma_list(item=_int_at_least(0)),
+        default=(0,),
         help="comma list of data.workers counts (grain reader threads) to compare (default 0)",
     )
     p.add_argument(
         "--augment-on",
-        default="host,device",
+        type=_comma_list(("host", "device")),
+        default=("host", "device"),
         help="where to crop/flip/normalise: host, device or both (default host,device)",
     )
     p.set_defaults(bench_module="data")
@@ -142,6 +247,7 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch parsed ``bench`` arguments to ``cnnjax.bench.<suite>.run_from_args``."""
+    check_outputs(args)
     module = importlib.import_module(f"cnnjax.bench.{args.bench_module}")
     return int(module.run_from_args(args) or 0)
 

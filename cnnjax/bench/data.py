@@ -60,19 +60,51 @@ def run(
     image_size: int | None = None,
     workers: tuple[int, ...] = (0,),
     places: tuple[str, ...] = ("host", "device"),
+    val_split: float | None = None,
+    skip_bad_files: bool = False,
 ) -> dict:
-    """Time ``steps`` batches of each variant per round; returns ``{"meta", "results"}``."""
+    """Time ``steps`` batches of each variant per round; returns ``{"meta", "results"}``.
+
+    Only the train split is read: a ``folder:ROOT`` of class folders (no ``train``/``test``)
+    loads with ``val_split`` (default 0.1) held out. Raises ValueError on bad sizes or augment
+    geometry (see :func:`cnnjax.data.augment.check_augment_geometry`).
+    """
     from cnnjax.data import AugmentConfig, batches, device_preprocess, load_dataset
+    from cnnjax.data.augment import check_augment_geometry
 
     for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"bench data: --{name} must be >= 1, got {value}")
+    if warmup < 0 or (image_size is not None and image_size < 1):
+        raise ValueError(
+            f"bench data: --warmup must be >= 0 and --image-size >= 1; got {warmup}, {image_size}"
+        )
     if not workers or min(workers) < 0:
         raise ValueError(f"bench data: --workers must be counts >= 0, got {workers}")
     unknown = set(places) - {"host", "device"}
     if unknown or not places:
         raise ValueError(f"bench data: --augment-on must be host and/or device, got {places}")
-    dataset = load_dataset(dataset_name, image_size=image_size)
+    try:
+        dataset = load_dataset(
+            dataset_name,
+            image_size=image_size,
+            val_split=val_split,
+            skip_bad_files=skip_bad_files,
+        )
+    except ValueError as e:
+        if val_split is not None or "has no test split" not in str(e):
+            raise
+        # A folder of class folders only: hold out the default fraction (only train is timed).
+        dataset = load_dataset(
+            dataset_name, image_size=image_size, val_split=0.1, skip_bad_files=skip_bad_files
+        )
+    if len(dataset.train) < batch:
+        raise ValueError(
+            f"bench data: --batch {batch} is larger than the training split "
+            f"({len(dataset.train)} examples)"
+        )
+    names = {"padding": "--padding", "crop_size": "--crop-size"}
+    check_augment_geometry(padding, crop_size, dataset.image_shape[:2], names=names)
     augment = AugmentConfig(padding, flip, crop_size)
     finish = jax.jit(
         functools.partial(device_preprocess, augment=augment, mean=dataset.mean, std=dataset.std)
@@ -164,8 +196,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         flip=not args.no_flip,
         crop_size=args.crop_size,
         image_size=args.image_size,
-        workers=tuple(int(w) for w in args.workers.split(",") if w.strip()),
-        places=tuple(p.strip() for p in args.augment_on.split(",") if p.strip()),
+        workers=tuple(args.workers),
+        places=tuple(args.augment_on),
+        val_split=args.val_split,
+        skip_bad_files=args.skip_bad_files,
     )
     report.emit(result, COLUMNS, args, title=f"bench data {args.dataset}")
     return 0

@@ -35,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "center_crop",
+    "check_augment_geometry",
     "crop",
     "device_augment",
     "device_crop_flip",
@@ -61,6 +62,41 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     """
     scale, mean, inv_std = _normalize_constants(mean, std)
     return ((images.astype(np.float32) * scale - mean) * inv_std).astype(np.float32)
+
+
+TRAIN_NAMES = {"padding": "augment.padding", "crop_size": "augment.crop_size"}
+
+
+def check_augment_geometry(
+    padding: int,
+    crop_size: int | None,
+    image_hw: Sequence[int],
+    *,
+    names: dict[str, str] | None = None,
+) -> None:
+    """Check a random crop's geometry against images of ``image_hw`` = (H, W) pixels.
+
+    ``padding >= 0``; ``crop_size`` (``None``: the image size) ``>= 1`` and
+    ``<= min(H, W) + 2 * padding``. ``names`` maps ``"padding"`` / ``"crop_size"`` to the
+    option names in the message (default: the config keys ``augment.padding`` /
+    ``augment.crop_size``; ``cnnjax bench data`` passes ``--padding`` / ``--crop-size``).
+
+    Raises:
+      ValueError: one line naming the option, the value, the formula and the image size.
+    """
+    names = {**TRAIN_NAMES, **(names or {})}
+    if padding < 0:
+        raise ValueError(f"{names['padding']} must be >= 0 (pixels), got {padding}")
+    if crop_size is None:
+        return
+    side = min(image_hw)
+    limit = side + 2 * padding
+    if crop_size < 1 or crop_size > limit:
+        raise ValueError(
+            f"{names['crop_size']} must be in [1, image size + 2 * {names['padding']}] = "
+            f"[1, {side} + 2 * {padding}] = [1, {limit}] for {image_hw[0]}x{image_hw[1]} "
+            f"images, got {crop_size}"
+        )
 
 
 def _pad_widths(ndim: int, padding: int) -> tuple[tuple[int, int], ...]:

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax import ops
-from cnnjax.layers import Conv
+from cnnjax.layers import Conv, check_input_size
 from cnnjax.models.registry import register_model
 from cnnjax.models.vgg import conv_bn_relu
 
@@ -47,6 +47,12 @@ class SegNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_input_size(
+            x,
+            model=f"SegNet (segnet, {len(self.stages)} pooling stages)",
+            min_size=2 ** len(self.stages),  # every 2×2/2 pool keeps at least 1 pixel
+            hint="pass larger images or fewer stages (model_overrides.stages)",
+        )
         common = {"impl": self.impl, "dtype": self.dtype, "precision": self.precision}
         widths = [max(1, round(w * self.width_scale)) for w, _ in self.stages]
 

@@ -25,10 +25,37 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.layers import Conv, ConvTranspose, MaxPool
+from cnnjax.layers import Conv, ConvTranspose, MaxPool, check_input_size
 from cnnjax.models.registry import register_model
 
-__all__ = ["UNet", "center_crop"]
+__all__ = ["UNet", "center_crop", "min_input_size"]
+
+
+def _fits(size: int, levels: int, padding: int) -> bool:
+    """Whether a ``size`` × ``size`` input leaves every map of the net at least 1 pixel."""
+    skips = []
+    for _ in range(levels):
+        size = size + 4 * padding - 4  # two 3×3 convs
+        skips.append(size)
+        size //= 2
+        if min(skips) < 1 or size < 1:
+            return False
+    size = size + 4 * padding - 4
+    for skip in reversed(skips):
+        if size < 1 or 2 * size > skip:
+            return False
+        size = 2 * size + 4 * padding - 4
+    return size >= 1
+
+
+def min_input_size(levels: int, padding: int) -> int:
+    """Smallest ``H == W`` a U-Net with ``levels`` max pools and conv ``padding`` accepts.
+
+    Every map must keep at least one pixel (each 3×3 conv changes the side by ``2·padding - 2``,
+    each pool floor-halves it); found by search, since sizes are monotone in the input side.
+    Paper net (4 pools, ``padding=0``): 188; ``padding=1``: ``2 ** levels``.
+    """
+    return next(s for s in range(1, 2 ** (levels + 1) * 16 + 64) if _fits(s, levels, padding))
 
 
 def center_crop(x: jax.Array, spatial: Sequence[int]) -> jax.Array:
@@ -56,6 +83,14 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        levels = len(self.widths) - 1
+        check_input_size(
+            x,
+            model=f"UNet (unet, widths={tuple(self.widths)}, padding={self.padding})",
+            min_size=min_input_size(levels, self.padding),
+            hint="pass larger images, or use same-size convs and fewer levels: "
+            "--set model_overrides.padding=1 --set 'model_overrides.widths=(16,32,64)'",
+        )
         common = {"impl": self.impl, "dtype": self.dtype}
         conv_kw = {**common, "precision": self.precision}
 
@@ -84,7 +119,7 @@ register_model(
     paper="Ronneberger, Fischer & Brox 2015, U-Net: convolutional networks for biomedical "
     "image segmentation, MICCAI",
     input_shape=(572, 572, 1),
-    min_input_size=188,
+    min_input_size=min_input_size(4, 0),  # 188
     test_input_shape=(188, 188, 1),
     default_num_classes=2,
     task="segmentation",

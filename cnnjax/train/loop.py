@@ -62,7 +62,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batches
-from cnnjax.data.augment import device_normalize
+from cnnjax.data.augment import check_augment_geometry, device_normalize
 from cnnjax.data.classes import save_class_names
 from cnnjax.data.pipeline import default_workers, device_preprocess, in_memory, prefetch_to_device
 from cnnjax.train.actions import (
@@ -216,6 +216,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
     if dataset is None:
         dataset = _load_for_model(config, info, task)
     aug = config.augment
+    check_augment_geometry(aug.padding, aug.crop_size, dataset.image_shape[:2])
     crop = aug.crop_size
     input_shape = (crop, crop, dataset.image_shape[2]) if crop else tuple(dataset.image_shape)
     model = create_model(
