@@ -256,13 +256,13 @@ def test_stdout_is_only_results_status_lines_go_to_stderr(capsys, monkeypatch):
         ["viz", "filters", "W", "--debug"],
         ["--debug", "viz", "filters", "W"],
         ["bench", "train", "nosuch", "--tiny", "--debug"],
-        ["bench", "--debug", "ops", "--batch", "0"],
+        ["bench", "--debug", "data", "npz:W", "--tiny"],
         ["summary", "--debug", "nosuch"],
     ],
 )
 def test_debug_is_accepted_by_every_subcommand_and_shows_the_traceback(tmp_path, argv):
     with pytest.raises((OSError, ValueError)):
-        main([str(tmp_path / a) if a == "W" else a for a in argv])
+        main([str(tmp_path / a) if a == "W" else a.replace("W", str(tmp_path / "W")) for a in argv])
 
 
 def test_viz_error_without_debug_is_one_line_naming_the_picture(tmp_path, capsys):
