@@ -164,7 +164,29 @@ class Run:
             input_shape=self.input_shape,
             ema=self.config.optimizer.ema_decay is not None,
         )
+        self.check_output_width(state)
         return jax.device_get(state)
+
+    def check_output_width(self, state: TrainState) -> None:
+        """The model's logits end in the data set's class count (per pixel for segmentation).
+
+        Traced with ``jax.eval_shape`` (no compute). A wider or narrower head would train on
+        out-of-range labels without an error. Raises ``ValueError`` naming model, widths, data.
+        """
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        image = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+        out = jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False), variables, image)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        width, want = logits.shape[-1], self.dataset.num_classes
+        if width != want:
+            what = "per-pixel class scores" if self.task == "segmentation" else "logits"
+            raise ValueError(
+                f"model {self.config.model!r} outputs {width} {what} (shape "
+                f"{tuple(logits.shape)}) but data set {self.config.dataset!r} has {want} "
+                f"classes; give the model a {want}-wide output (it is passed num_classes={want})"
+            )
 
     def train_batches(self, epoch: int, start_batch: int = 0, *, deferred: bool = False):
         """One epoch's training batches from ``start_batch``: finished on the host (float32,
@@ -204,7 +226,9 @@ class Run:
 def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = None) -> Run:
     """Load the data, build model, optimiser and driver for ``config``; validate sizes."""
     from cnnjax.models import create_model, get_model_info
+    from cnnjax.train.config import validate_config
 
+    validate_config(config)
     info = get_model_info(config.model)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
