@@ -4,8 +4,9 @@ evaluation, eval on corrupt images. Each is a one-line error (exit 2) or does th
 
 from __future__ import annotations
 
-import json
+import os
 import pathlib
+import signal
 
 import numpy as np
 import pytest
@@ -87,3 +88,87 @@ def test_num_steps_overrides_a_bad_epochs_and_num_batches_rejects_zero():
     validate_config(config)  # epochs is unused when num_steps is set
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         num_batches(10, 0, train=True)
+
+
+def _png(path: pathlib.Path, seed: int, size=(8, 8)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def _folder(root: pathlib.Path, counts: dict[str, int]) -> pathlib.Path:
+    for c, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            _png(root / name / f"{i:03d}.png", seed=100 * c + i)
+    return root
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path, capsys):
+    from cnnjax.data import load_dataset
+
+    root = _folder(tmp_path / "imgs", {"a": 4, "b": 4, "emptyclass": 0})
+    (root / "emptyclass" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="emptyclass") as info:
+        load_dataset(f"folder:{root}", val_split=0.25)
+    assert "cannot be learned" in str(info.value) and "\n" not in str(info.value)
+    # every image of a class unreadable and skipped: the class is empty too
+    _folder(tmp_path / "two", {"a": 4, "b": 2})
+    for png in (tmp_path / "two" / "b").iterdir():
+        png.write_text("broken")
+    with pytest.raises(ValueError, match=r"no readable images .*two/b"):
+        load_dataset(f"folder:{tmp_path / 'two'}", val_split=0.25, skip_bad_files=True)
+    capsys.readouterr()
+    workdir = tmp_path / "run"
+    argv = ["train", "lenet5", "--dataset", f"folder:{root}", "--val-split", "0.25"]
+    assert main([*argv, "--workdir", str(workdir)]) == 2
+    assert "emptyclass" in _error(capsys)
+
+
+def test_best_none_after_a_best_clears_it_and_eval_best_explains_a_missing_one(tmp_path, capsys):
+    from cnnjax.train import apply_overrides, default_config, train
+
+    workdir = tmp_path / "run"
+    short = ["lenet5", "--impl", "xla", "--parallel", "none", "--batch-size", "64"]
+    base = [*short, *FAST, "--workdir", str(workdir)]
+    assert main(["train", *base, "--best-metric", "test_loss"]) == 0
+    assert (workdir / "best.json").exists() and main(["eval", str(workdir), "--best"]) == 0
+    capsys.readouterr()
+    longer = ["--set", "num_steps=4", "--extend", "--best-metric", "none"]
+    assert main(["train", *base, *longer]) == 0
+    assert not (workdir / "best.json").exists()
+    assert not (workdir / "checkpoints_best").exists()
+    assert main(["eval", str(workdir), "--best"]) == 2
+    assert "has no best checkpoint" in _error(capsys)
+
+    # a run interrupted before its first test evaluation: eval --best says why there is none
+    fresh = tmp_path / "fresh"
+    config = default_config()
+    apply_overrides(config, ["impl=xla", "parallel=none", "batch_size=64", "epochs=1"])
+
+    def stop(step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # train() stops and saves the latest
+
+    assert train(config, fresh, hooks=[stop], verbose=False).interrupted
+    assert main(["eval", str(fresh), "--best"]) == 2
+    assert "no test evaluation has run yet" in _error(capsys)
+
+
+def test_eval_takes_skip_bad_files_for_a_corrupt_folder(tmp_path, capsys):
+    root = tmp_path / "data"
+    _folder(root / "train", {"a": 6, "b": 6})
+    _folder(root / "test", {"a": 2, "b": 2})
+    workdir = tmp_path / "run"
+    argv = ["train", "lenet5", "--dataset", f"folder:{root}", "--batch-size", "4", *FAST]
+    argv += ["--parallel", "none", "--impl", "xla"]
+    assert main([*argv, "--workdir", str(workdir)]) == 0
+    (root / "test" / "b" / "001.png").write_text("broken")
+    capsys.readouterr()
+    assert main(["eval", str(workdir)]) == 2
+    err = _error(capsys)
+    assert "test/b/001.png" in err and "--skip-bad-files" in err and "to train" not in err
+    assert main(["eval", str(workdir), "--skip-bad-files"]) == 0
+    assert "errors in 3)" in capsys.readouterr().out  # the three readable test images

@@ -49,6 +49,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import shutil
 import signal
 import threading
 import time
@@ -608,6 +609,7 @@ def _restore_best(session: _Session, *, resumed: bool) -> dict | None:
     kept: it is a state of this run, and the rerun replaces it only by a better one."""
     best = session.best_checkpointer
     if best is None:
+        _drop_best(session)
         return None
     record = best.read_meta().get("best") if resumed else None
     metric = session.config.best.metric
@@ -622,6 +624,17 @@ def _restore_best(session: _Session, *, resumed: bool) -> dict | None:
     if session.primary:
         (session.workdir / "best.json").unlink(missing_ok=True)
     return None
+
+
+def _drop_best(session: _Session) -> None:
+    """``best.metric none``: a best kept under another metric is removed (``none`` keeps no best,
+    so ``eval --best`` must not score a state that this run no longer vouches for)."""
+    directory, record = session.workdir / BEST_DIR, session.workdir / "best.json"
+    if not session.primary or not (directory.exists() or record.exists()):
+        return
+    session.say(f"clearing best checkpoint(s) in {directory}: best.metric is now none")
+    shutil.rmtree(directory, ignore_errors=True)
+    record.unlink(missing_ok=True)
 
 
 def _announce(session: _Session) -> None:
@@ -823,6 +836,7 @@ def evaluate(
     parallel: str = "none",
     checkpoint: str = "latest",
     progress: bool = False,
+    skip_bad_files: bool = False,
 ) -> EvalResult:
     """Score the checkpoint (latest, or ``step``) of the run in ``workdir`` on a test split.
 
@@ -830,6 +844,7 @@ def evaluate(
     instead of ``WORKDIR/checkpoints``. ``dataset`` replaces the run's own (e.g. evaluate a
     digits model on ``npz:...``); it must have the same class count and a compatible image
     shape. ``progress`` shows a bar with an estimate on stderr when scoring takes a while.
+    ``skip_bad_files`` skips unreadable images of a ``folder:`` data set (with a count).
     """
     workdir = pathlib.Path(workdir)
     config = load_workdir_config(workdir)
@@ -837,6 +852,8 @@ def evaluate(
     config.resume = True
     if dataset is not None:
         config.dataset = dataset
+    if skip_bad_files:
+        config.skip_bad_files = True
     run = build_run(config)
     directory = checkpoint_directory(workdir, checkpoint)
     if checkpoint == "best" and not directory.is_dir():
@@ -846,6 +863,11 @@ def evaluate(
         )
     checkpointer = Checkpointer(directory, keep=config.checkpoint.keep)
     try:  # the newest intact checkpoint; damaged ones are reported, left in place
+        if checkpoint == "best" and not checkpointer.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint under {directory} (no test evaluation has run yet: the best "
+                "is kept at each test evaluation, every eval_every_epochs epochs and at the end)"
+            )
         state, _ = checkpointer.restore(run.initial_state(), step, quarantine=False)
     finally:
         checkpointer.close()
