@@ -4,6 +4,7 @@ evaluation, eval on corrupt images. Each is a one-line error (exit 2) or does th
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -172,3 +173,34 @@ def test_eval_takes_skip_bad_files_for_a_corrupt_folder(tmp_path, capsys):
     assert "test/b/001.png" in err and "--skip-bad-files" in err and "to train" not in err
     assert main(["eval", str(workdir), "--skip-bad-files"]) == 0
     assert "errors in 3)" in capsys.readouterr().out  # the three readable test images
+
+
+def test_relative_folder_path_resolves_from_the_run_origin_and_filters_need_no_data(
+    tmp_path, capsys, monkeypatch
+):
+    origin, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _folder(origin / "mydigits", {"a": 6, "b": 6})
+    elsewhere.mkdir()
+    workdir = origin / "runs" / "tiny"
+    monkeypatch.chdir(origin)
+    argv = ["train", "lenet5", "--dataset", "folder:mydigits", "--val-split", "0.34"]
+    argv += ["--batch-size", "4", "--parallel", "none", "--impl", "xla", *FAST]
+    assert main([*argv, "--workdir", "runs/tiny"]) == 0
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["dataset"] == "folder:mydigits" and saved["origin_dir"] == str(origin)
+    # a run recorded before origin_dir existed resumes (origin_dir is not identity)
+    del saved["origin_dir"]
+    (workdir / "config.json").write_text(json.dumps(saved))
+    assert main([*argv, "--workdir", "runs/tiny"]) == 0
+    assert "already finished" in capsys.readouterr().out
+
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(workdir)]) == 0
+    assert "errors in 4)" in capsys.readouterr().out
+    (origin / "mydigits").rename(tmp_path / "moved")
+    assert main(["eval", str(workdir)]) == 2
+    err = _error(capsys)
+    assert "folder:mydigits" in err and str(elsewhere) in err and str(origin) in err
+    picture = tmp_path / "filters.png"
+    assert main(["viz", "filters", str(workdir), "--output", str(picture)]) == 0
+    assert picture.stat().st_size > 0

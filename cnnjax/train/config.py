@@ -104,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.aux_loss_weight = 0.3
 
     c.seed = 0
+    # The directory `train` ran in (set by train(); operational, not identity): eval and viz
+    # resolve a recorded relative folder:/npz:/file.py path against it when run elsewhere.
+    c.origin_dir = config_dict.placeholder(str)
     c.parallel = "auto"  # auto | none | pmap | sharded
     c.prefetch = 2
     c.resume = True

@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -503,6 +504,8 @@ def train(
     ``hooks`` are called as ``hook(step)`` after every step (on the host, cheap callables only).
     Raises :class:`NonFiniteError` when the run diverges under ``on_nonfinite="stop"``.
     """
+    if config.get("origin_dir") is None:
+        config.origin_dir = os.getcwd()
     session = _open_session(config, workdir, verbose)
     try:
         return _train_session(session, config, hooks, verbose)
@@ -797,8 +800,12 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
     )
 
 
-def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The configuration a run saved in ``WORKDIR/config.json``."""
+def load_workdir_config(
+    workdir: str | pathlib.Path, *, data: bool = True
+) -> ml_collections.ConfigDict:
+    """The configuration a run saved in ``WORKDIR/config.json``; relative recorded paths that
+    are missing here are resolved against where it trained (``data=False``: the data set's
+    path may be missing, for callers that load no data)."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a cnnjax training workdir?")
@@ -807,7 +814,45 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
     config = default_config()
     saved = json.loads(path.read_text())
     _merge(config, saved)
+    _resolve_recorded_paths(config, path, data=data)
     return config
+
+
+def _resolve_recorded_paths(
+    config: ml_collections.ConfigDict, source: pathlib.Path, *, data: bool = True
+) -> None:
+    """Recorded relative ``folder:``/``npz:`` data and ``file.py:Class`` model paths that do not
+    exist from here are taken relative to ``origin_dir`` (where ``train`` ran), in place.
+
+    Raises ``FileNotFoundError`` (one line) when the path exists from neither directory.
+    """
+    origin = config.get("origin_dir")
+    if not origin:
+        return
+    for key, prefix in (("dataset", ("folder:", "npz:")), ("model", None)):
+        value = str(config[key])
+        if prefix is not None:
+            kind = next((p for p in prefix if value.startswith(p)), None)
+            if kind is None:
+                continue
+            head, text = kind, value[len(kind) :]
+        elif ".py:" in value:
+            text, attr = value.rsplit(":", 1)
+            head = None
+        else:
+            continue
+        path = pathlib.Path(text).expanduser()
+        if path.is_absolute() or path.exists():
+            continue
+        there = pathlib.Path(origin) / path
+        if not there.exists():
+            if key == "dataset" and not data:
+                continue
+            raise FileNotFoundError(
+                f"{key} {value!r} recorded in {source} exists neither under the current "
+                f"directory {os.getcwd()} nor under {origin}, where the run was trained"
+            )
+        config[key] = f"{head}{there}" if head else f"{there}:{attr}"
 
 
 def _merge(config: ml_collections.ConfigDict, values: dict) -> None:
