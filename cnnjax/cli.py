@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="folder: data: skip unreadable images (with a count) instead of failing",
+    )
+    p.add_argument(
         "--checkpoint",
         choices=("latest", "best"),
         default="latest",
@@ -385,6 +390,7 @@ def _eval(args: argparse.Namespace) -> int:
         step=args.step,
         checkpoint=args.checkpoint,
         progress=True,
+        skip_bad_files=args.skip_bad_files,
     )
     if result.task == "segmentation":
         return _eval_segmentation(args, result)

@@ -60,19 +60,26 @@ class LoadedRun:
 
 
 def load_run(
-    workdir: str | pathlib.Path, step: int | None = None, checkpoint: str = "latest"
+    workdir: str | pathlib.Path,
+    step: int | None = None,
+    checkpoint: str = "latest",
+    *,
+    data: bool = True,
 ) -> LoadedRun:
     """Restore ``workdir``'s checkpoint (latest or ``step``; ``checkpoint="best"``: from
-    ``WORKDIR/checkpoints_best``) and its data set's test split."""
+    ``WORKDIR/checkpoints_best``) and its data set's test split.
+
+    ``data=False`` loads no data (drawing weights needs none): shapes come from the run record
+    in ``config.json``; ``images`` then raises and ``num_test`` is 0."""
     from cnnjax.data.augment import normalize
     from cnnjax.train.checkpoint import Checkpointer, checkpoint_directory
     from cnnjax.train.loop import build_run, load_workdir_config
 
     workdir = pathlib.Path(workdir)
-    config = load_workdir_config(workdir)
+    config = load_workdir_config(workdir, data=data)
     config.parallel = "none"
     config.resume = True
-    run = build_run(config)
+    run = build_run(config, dataset=None if data else _recorded_dataset(workdir, config))
     directory = checkpoint_directory(workdir, checkpoint)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} does not exist: train the run first")
@@ -89,6 +96,8 @@ def load_run(
     shape = tuple(run.input_shape)
 
     def image(index: int) -> np.ndarray:
+        if not data:
+            raise ValueError("load_run(data=False) loaded no test images")
         if not 0 <= index < len(dataset.test):
             raise ValueError(f"--index must be in [0, {len(dataset.test)}), got {index}")
         raw, _ = dataset.test.get(np.array([index]))
@@ -103,6 +112,42 @@ def load_run(
         std=tuple(dataset.std),
         images=image,
         num_test=len(dataset.test),
+    )
+
+
+class _NoImages:
+    """A split of ``n`` examples whose images were not loaded (``load_run(data=False)``)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get(self, indices):
+        raise ValueError("this run was loaded without its data (load_run(data=False))")
+
+
+def _recorded_dataset(workdir: pathlib.Path, config):
+    """A data-free stand-in for the run's data set, from ``config.json``'s run record."""
+    import json
+
+    from cnnjax.data import Dataset
+
+    record = json.loads((workdir / "config.json").read_text()).get("run_record", {})
+    derived = record.get("derived") or {}
+    if not {"input_shape", "num_classes", "train_examples"} <= derived.keys():
+        return None  # an old run without a record: load the data after all
+    shape = tuple(derived["input_shape"])
+    channels = shape[2]
+    return Dataset(
+        name=str(config.dataset),
+        train=_NoImages(int(derived["train_examples"])),
+        test=_NoImages(0),
+        num_classes=int(derived["num_classes"]),
+        image_shape=shape,
+        mean=(0.0,) * channels,
+        std=(1.0,) * channels,
     )
 
 

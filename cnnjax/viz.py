@@ -389,7 +389,8 @@ def _run_viz(args) -> str:
         return f"{path}\n" + "\n".join(" ".join(f"{v:3g}" for v in r) for r in result)
     from cnnjax import interpret
 
-    run = interpret.load_run(args.workdir, args.step, "best" if args.best else "latest")
+    which = "best" if args.best else "latest"
+    run = interpret.load_run(args.workdir, args.step, which, data=args.what != "filters")
     output = args.output or pathlib.Path(args.workdir) / f"{args.what}.png"
     rows = interpret.spatial_layers(run.model, run.input_shape)
     if args.what == "filters":

@@ -86,7 +86,11 @@ class AugmentConfig:
 
 
 def num_batches(num_examples: int, batch_size: int, *, train: bool) -> int:
-    """Batches per epoch: ``N // B`` in training (drop remainder), ``ceil(N / B)`` in evaluation."""
+    """Batches per epoch: ``N // B`` in training (drop remainder), ``ceil(N / B)`` in evaluation.
+
+    Raises ``ValueError`` when ``batch_size < 1``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return num_examples // batch_size if train else -(-num_examples // batch_size)
 
 

@@ -516,6 +516,7 @@ def _load_folder(
     )
     train_paths, test_paths = paths
     train_labels, test_labels = labels
+    _check_no_empty_class(classes, train_labels, train_dir, skipped=skip_bad_files)
     if val_split is not None:
         train_idx, test_idx = stratified_split(train_labels, val_split, seed)
         test_paths, test_labels = [train_paths[i] for i in test_idx], train_labels[test_idx]
@@ -591,6 +592,26 @@ def _scan(split_dir: pathlib.Path, index: dict[str, int]) -> tuple[list, np.ndar
     return paths, np.array(labels, np.int32)
 
 
+def _check_no_empty_class(
+    classes: list[str], labels: np.ndarray, split_dir: pathlib.Path, *, skipped: bool
+) -> None:
+    """Every class folder of the train split holds at least one (readable) image.
+
+    A class without training images cannot be learned, yet would widen the classifier.
+    Raises ``ValueError`` naming the empty folder(s).
+    """
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [str(split_dir / c) for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        readable = " readable" if skipped else ""
+        kinds = ", ".join(IMAGE_EXTENSIONS)
+        raise ValueError(
+            f"{len(empty)} class folder(s) hold no{readable} images ({kinds}): {', '.join(empty)}; "
+            "a class with no training images cannot be learned: add "
+            "images to it or remove the folder"
+        )
+
+
 def _drop_bad(paths, labels, root, skip: bool, num_train: int):
     """Check every header; raise listing unreadable files, or drop them (``skip``) with a note.
 
@@ -604,7 +625,7 @@ def _drop_bad(paths, labels, root, skip: bool, num_train: int):
             raise ValueError(
                 f"{len(bad)} of {len(paths)} image files under {root} cannot be read: "
                 f"{shown}{more}. Fix or remove them, or pass --skip-bad-files "
-                "(config skip_bad_files=True) to train without them"
+                "(config skip_bad_files=True) to go on without them"
             )
         note(
             f"skipping {len(bad)} unreadable image file(s) of {len(paths)} under {root}: "

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
+import numbers
 import os
 import pathlib
 
 import ml_collections
 from ml_collections import config_dict
 
-__all__ = ["apply_overrides", "default_config", "load_config"]
+__all__ = ["apply_overrides", "default_config", "load_config", "validate_config"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -102,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.aux_loss_weight = 0.3
 
     c.seed = 0
+    # The directory `train` ran in (set by train(); operational, not identity): eval and viz
+    # resolve a recorded relative folder:/npz:/file.py path against it when run elsewhere.
+    c.origin_dir = config_dict.placeholder(str)
     c.parallel = "auto"  # auto | none | pmap | sharded
     c.prefetch = 2
     c.resume = True
@@ -208,3 +213,87 @@ def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{k}")
     return out
+
+
+# (config key, CLI flag or None, lowest, lowest allowed?, highest, highest allowed?, may be None)
+_INF = math.inf
+_NUMBERS = (
+    ("batch_size", "--batch-size", 1, True, _INF, False, False),
+    ("eval_batch_size", None, 1, True, _INF, False, True),
+    ("epochs", "--epochs", 1, True, _INF, False, False),
+    ("num_steps", None, 1, True, _INF, False, True),
+    ("image_size", None, 1, True, _INF, False, True),
+    ("val_split", "--val-split", 0, False, 1, False, True),
+    ("optimizer.lr", "--lr", 0, False, _INF, False, False),
+    ("optimizer.momentum", None, 0, True, 1, False, False),
+    ("optimizer.weight_decay", None, 0, True, _INF, False, False),
+    ("optimizer.b1", None, 0, True, 1, False, False),
+    ("optimizer.b2", None, 0, True, 1, False, False),
+    ("optimizer.eps", None, 0, False, _INF, False, False),
+    ("optimizer.grad_clip_norm", None, 0, False, _INF, False, True),
+    ("optimizer.accumulate_steps", None, 1, True, _INF, False, False),
+    ("optimizer.ema_decay", None, 0, True, 1, False, True),
+    ("schedule.warmup_steps", None, 0, True, _INF, False, False),
+    ("schedule.decay_factor", None, 0, False, _INF, False, False),
+    ("schedule.end_lr", None, 0, True, _INF, False, False),
+    ("label_smoothing", None, 0, True, 1, False, False),
+    ("aux_loss_weight", None, 0, True, _INF, False, False),
+    ("prefetch", None, 0, True, _INF, False, False),
+    ("augment.padding", None, 0, True, _INF, False, False),
+    ("augment.crop_size", None, 1, True, _INF, False, True),
+    ("data.workers", "--data-workers", 0, True, _INF, False, True),
+    ("checkpoint.every_steps", None, 1, True, _INF, False, True),
+    ("checkpoint.keep", None, 1, True, _INF, False, False),
+    ("eval_every_epochs", None, 1, True, _INF, False, False),
+    ("log_every_steps", None, 1, True, _INF, False, False),
+    ("distributed.timeout_s", None, 0, False, _INF, False, False),
+)
+_INTEGERS = {
+    "batch_size", "eval_batch_size", "epochs", "num_steps", "image_size",
+    "optimizer.accumulate_steps", "schedule.warmup_steps", "prefetch", "augment.padding",
+    "augment.crop_size", "data.workers", "checkpoint.every_steps", "checkpoint.keep",
+    "eval_every_epochs", "log_every_steps",
+}  # fmt: skip
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Check every numeric field of a run's config (ranges as in :func:`default_config`).
+
+    ``epochs`` is checked only when ``num_steps`` is unset (``num_steps`` overrides it).
+    Raises ``ValueError`` naming the option (``--batch-size (batch_size)``), the value and the
+    allowed range: one line, exit 2 at the CLI.
+    """
+    for key, flag, low, low_ok, high, high_ok, optional in _NUMBERS:
+        value = _get(config, key)
+        if key == "epochs" and _get(config, "num_steps") is not None:
+            continue
+        name = f"{flag} ({key})" if flag else key
+        if value is None:
+            if optional:
+                continue
+            raise ValueError(f"{name} must be set, got None")
+        integer = key in _INTEGERS
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            what = "an integer" if integer else "a number"
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        ok = math.isfinite(value) and (value >= low if low_ok else value > low)
+        ok = ok and (value <= high if high_ok else value < high)
+        if not ok:
+            raise ValueError(f"{name} must be {_range(low, low_ok, high, high_ok)}, got {value!r}")
+
+
+def _get(config, key: str):
+    node = config
+    for part in key.split("."):
+        if node is None or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _range(low, low_ok, high, high_ok) -> str:
+    lower = f"{'>=' if low_ok else '>'} {low}"
+    if high == _INF:
+        return f"finite and {lower}" if not low_ok else lower
+    return f"in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"

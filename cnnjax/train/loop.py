@@ -49,7 +49,9 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import pathlib
+import shutil
 import signal
 import threading
 import time
@@ -165,7 +167,29 @@ class Run:
             input_shape=self.input_shape,
             ema=self.config.optimizer.ema_decay is not None,
         )
+        self.check_output_width(state)
         return jax.device_get(state)
+
+    def check_output_width(self, state: TrainState) -> None:
+        """The model's logits end in the data set's class count (per pixel for segmentation).
+
+        Traced with ``jax.eval_shape`` (no compute). A wider or narrower head would train on
+        out-of-range labels without an error. Raises ``ValueError`` naming model, widths, data.
+        """
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        image = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+        out = jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False), variables, image)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        width, want = logits.shape[-1], self.dataset.num_classes
+        if width != want:
+            what = "per-pixel class scores" if self.task == "segmentation" else "logits"
+            raise ValueError(
+                f"model {self.config.model!r} outputs {width} {what} (shape "
+                f"{tuple(logits.shape)}) but data set {self.config.dataset!r} has {want} "
+                f"classes; give the model a {want}-wide output (it is passed num_classes={want})"
+            )
 
     def train_batches(self, epoch: int, start_batch: int = 0, *, deferred: bool = False):
         """One epoch's training batches from ``start_batch``: finished on the host (float32,
@@ -205,7 +229,9 @@ class Run:
 def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = None) -> Run:
     """Load the data, build model, optimiser and driver for ``config``; validate sizes."""
     from cnnjax.models import create_model, get_model_info
+    from cnnjax.train.config import validate_config
 
+    validate_config(config)
     info = get_model_info(config.model)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
@@ -480,6 +506,8 @@ def train(
     ``hooks`` are called as ``hook(step)`` after every step (on the host, cheap callables only).
     Raises :class:`NonFiniteError` when the run diverges under ``on_nonfinite="stop"``.
     """
+    if config.get("origin_dir") is None:
+        config.origin_dir = os.getcwd()
     session = _open_session(config, workdir, verbose)
     try:
         return _train_session(session, config, hooks, verbose)
@@ -604,6 +632,7 @@ def _restore_best(session: _Session, *, resumed: bool) -> dict | None:
     kept: it is a state of this run, and the rerun replaces it only by a better one."""
     best = session.best_checkpointer
     if best is None:
+        _drop_best(session)
         return None
     record = best.read_meta().get("best") if resumed else None
     metric = session.config.best.metric
@@ -618,6 +647,17 @@ def _restore_best(session: _Session, *, resumed: bool) -> dict | None:
     if session.primary:
         (session.workdir / "best.json").unlink(missing_ok=True)
     return None
+
+
+def _drop_best(session: _Session) -> None:
+    """``best.metric none``: a best kept under another metric is removed (``none`` keeps no best,
+    so ``eval --best`` must not score a state that this run no longer vouches for)."""
+    directory, record = session.workdir / BEST_DIR, session.workdir / "best.json"
+    if not session.primary or not (directory.exists() or record.exists()):
+        return
+    session.say(f"clearing best checkpoint(s) in {directory}: best.metric is now none")
+    shutil.rmtree(directory, ignore_errors=True)
+    record.unlink(missing_ok=True)
 
 
 def _announce(session: _Session) -> None:
@@ -780,8 +820,12 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
     )
 
 
-def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The configuration a run saved in ``WORKDIR/config.json``."""
+def load_workdir_config(
+    workdir: str | pathlib.Path, *, data: bool = True
+) -> ml_collections.ConfigDict:
+    """The configuration a run saved in ``WORKDIR/config.json``; relative recorded paths that
+    are missing here are resolved against where it trained (``data=False``: the data set's
+    path may be missing, for callers that load no data)."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a cnnjax training workdir?")
@@ -790,7 +834,45 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
     config = default_config()
     saved = json.loads(path.read_text())
     _merge(config, saved)
+    _resolve_recorded_paths(config, path, data=data)
     return config
+
+
+def _resolve_recorded_paths(
+    config: ml_collections.ConfigDict, source: pathlib.Path, *, data: bool = True
+) -> None:
+    """Recorded relative ``folder:``/``npz:`` data and ``file.py:Class`` model paths that do not
+    exist from here are taken relative to ``origin_dir`` (where ``train`` ran), in place.
+
+    Raises ``FileNotFoundError`` (one line) when the path exists from neither directory.
+    """
+    origin = config.get("origin_dir")
+    if not origin:
+        return
+    for key, prefix in (("dataset", ("folder:", "npz:")), ("model", None)):
+        value = str(config[key])
+        if prefix is not None:
+            kind = next((p for p in prefix if value.startswith(p)), None)
+            if kind is None:
+                continue
+            head, text = kind, value[len(kind) :]
+        elif ".py:" in value:
+            text, attr = value.rsplit(":", 1)
+            head = None
+        else:
+            continue
+        path = pathlib.Path(text).expanduser()
+        if path.is_absolute() or path.exists():
+            continue
+        there = pathlib.Path(origin) / path
+        if not there.exists():
+            if key == "dataset" and not data:
+                continue
+            raise FileNotFoundError(
+                f"{key} {value!r} recorded in {source} exists neither under the current "
+                f"directory {os.getcwd()} nor under {origin}, where the run was trained"
+            )
+        config[key] = f"{head}{there}" if head else f"{there}:{attr}"
 
 
 def _merge(config: ml_collections.ConfigDict, values: dict) -> None:
@@ -819,6 +901,7 @@ def evaluate(
     parallel: str = "none",
     checkpoint: str = "latest",
     progress: bool = False,
+    skip_bad_files: bool = False,
 ) -> EvalResult:
     """Score the checkpoint (latest, or ``step``) of the run in ``workdir`` on a test split.
 
@@ -826,6 +909,7 @@ def evaluate(
     instead of ``WORKDIR/checkpoints``. ``dataset`` replaces the run's own (e.g. evaluate a
     digits model on ``npz:...``); it must have the same class count and a compatible image
     shape. ``progress`` shows a bar with an estimate on stderr when scoring takes a while.
+    ``skip_bad_files`` skips unreadable images of a ``folder:`` data set (with a count).
     """
     workdir = pathlib.Path(workdir)
     config = load_workdir_config(workdir)
@@ -833,6 +917,8 @@ def evaluate(
     config.resume = True
     if dataset is not None:
         config.dataset = dataset
+    if skip_bad_files:
+        config.skip_bad_files = True
     run = build_run(config)
     directory = checkpoint_directory(workdir, checkpoint)
     if checkpoint == "best" and not directory.is_dir():
@@ -842,6 +928,11 @@ def evaluate(
         )
     checkpointer = Checkpointer(directory, keep=config.checkpoint.keep)
     try:  # the newest intact checkpoint; damaged ones are reported, left in place
+        if checkpoint == "best" and not checkpointer.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint under {directory} (no test evaluation has run yet: the best "
+                "is kept at each test evaluation, every eval_every_epochs epochs and at the end)"
+            )
         state, _ = checkpointer.restore(run.initial_state(), step, quarantine=False)
     finally:
         checkpointer.close()

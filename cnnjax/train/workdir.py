@@ -73,6 +73,7 @@ OPERATIONAL = (
     "best",
     "augment.on_device",  # host and device augmentation give the same batches, bit for bit
     "data",
+    "origin_dir",  # where train ran: resolves recorded relative paths, not part of the run
 )
 _LENGTH = ("epochs", "num_steps", "total_steps")
 
