@@ -141,8 +141,8 @@ def test_bench_data_crop_larger_than_padded_image(capsys, args, message):
     [
         ("augment.padding=-1", "augment.padding must be >= 0"),
         ("augment.crop_size=40", "[1, 32 + 2 * 0] = [1, 32] for 32x32 images, got 40"),
-        ("augment.crop_size=-3", "augment.crop_size must be in [1, "),
-        ("augment.crop_size=0", "augment.crop_size must be in [1, "),
+        ("augment.crop_size=-3", "augment.crop_size must be >= 1, got -3"),
+        ("augment.crop_size=0", "augment.crop_size must be >= 1, got 0"),
     ],
 )
 def test_train_augment_geometry(tmp_path, capsys, setting, message):

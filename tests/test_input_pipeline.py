@@ -109,7 +109,7 @@ def test_on_device_is_the_default_for_in_memory_data_only(tmp_path):
     run = build_run(config)
     assert not run.normalize_on_host and run.workers == 0
     apply_overrides(config, ["data.workers=-1"])
-    with pytest.raises(ValueError, match=r"data\.workers must be >= 0"):
+    with pytest.raises(ValueError, match=r"data\.workers\) must be >= 0"):
         build_run(config)
 
 
