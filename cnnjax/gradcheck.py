@@ -48,14 +48,11 @@ def _conv_case(rng: np.random.Generator) -> Case | None:
     ndim = int(rng.integers(1, 4))
     groups = int(rng.choice([1, 1, 2, 3]))
     c_in, c_out = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
-    kernel = _spatial(rng, ndim, 1, 3)
-    stride, dilation = _spatial(rng, ndim, 1, 3), _spatial(rng, ndim, 1, 2)
-    padding = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(ndim))
-    spatial = _spatial(rng, ndim, 1, {1: 12, 2: 8, 3: 5}[ndim])
-    outs = [shapes.conv_output_size(*a) for a in zip(spatial, kernel, stride, padding, dilation)]
-    if min(outs) < 1:
+    geometry = _conv_geometry(rng, ndim)
+    if geometry is None:
         return None
-    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    spatial, kernel, kw = geometry
+    kw = dict(kw, groups=groups)
     x = rng.standard_normal((2, *spatial, c_in))
     w = rng.standard_normal((*kernel, c_in // groups, c_out))
     b = rng.standard_normal((c_out,))
@@ -66,6 +63,18 @@ def _depthwise_geometry(rng: np.random.Generator):
     """Random (x, w_depthwise, conv keywords) for depthwise/separable conv, or None."""
     ndim = int(rng.integers(1, 4))
     channels, multiplier = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    geometry = _conv_geometry(rng, ndim)
+    if geometry is None:
+        return None
+    spatial, kernel, kw = geometry
+    x = rng.standard_normal((2, *spatial, channels))
+    w = rng.standard_normal((*kernel, 1, channels * multiplier))
+    return x, w, kw
+
+
+def _conv_geometry(rng: np.random.Generator, ndim: int):
+    """Random ``ndim``-d (spatial, kernel, {stride, padding, dilation}) with every output size
+    >= 1, or None (drawn in the order the cases always drew them: seeds keep their cases)."""
     kernel = _spatial(rng, ndim, 1, 3)
     stride, dilation = _spatial(rng, ndim, 1, 3), _spatial(rng, ndim, 1, 2)
     padding = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(ndim))
@@ -73,9 +82,7 @@ def _depthwise_geometry(rng: np.random.Generator):
     outs = [shapes.conv_output_size(*a) for a in zip(spatial, kernel, stride, padding, dilation)]
     if min(outs) < 1:
         return None
-    x = rng.standard_normal((2, *spatial, channels))
-    w = rng.standard_normal((*kernel, 1, channels * multiplier))
-    return x, w, dict(stride=stride, padding=padding, dilation=dilation)
+    return spatial, kernel, dict(stride=stride, padding=padding, dilation=dilation)
 
 
 def _depthwise_conv_case(rng: np.random.Generator) -> Case | None:
