@@ -548,12 +548,15 @@ def _close_after_error(session: _Session) -> None:
     flight commit — its state was complete when it started — and close the checkpointers and
     the writer, so no half-written step and no orbax thread outlive the error; errors while
     closing are secondary and dropped, the original one is what the caller sees."""
-    closers = [session.checkpointer.close, session.writer.close]
-    if session.best_checkpointer is not None:
-        closers.insert(1, session.best_checkpointer.close)
-    for close in closers:
+    for close in _closers(session):
         with contextlib.suppress(Exception):
             close()
+
+
+def _closers(session: _Session) -> list[Callable[[], None]]:
+    """What a session closes at its end, in order: the checkpointers, then the writer."""
+    best = session.best_checkpointer
+    return [session.checkpointer.close, *([best.close] if best else []), session.writer.close]
 
 
 def _open_session(config, workdir, verbose: bool) -> _Session:
@@ -747,9 +750,8 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
     """Close the writers; raise on a divergence; score a run that had nothing left to train."""
     checkpointer = session.checkpointer
     ckpt_path = checkpointer.path() if checkpointer.latest_step() is not None else None
-    checkpointer.close()
-    _close_best(session)
-    session.writer.close()
+    for close in _closers(session):
+        close()
     if loop.stop_reason == "nonfinite":
         raise NonFiniteError(loop.first_nonfinite, loop.step, ckpt_path)
     total = session.run.total_steps
@@ -781,11 +783,6 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
     )
 
 
-def _close_best(session: _Session) -> None:
-    if session.best_checkpointer is not None:
-        session.best_checkpointer.close()
-
-
 def _say_best(session: _Session, best: dict | None) -> None:
     """``best: epoch 3, test_accuracy 97.50% (step 135); checkpoint …`` (before the last line)."""
     if best:
@@ -797,9 +794,8 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
     """A rerun of a finished run: report its recorded result, train nothing."""
     checkpointer, step = session.checkpointer, loop.step
     path = checkpointer.path(checkpointer.restored_step)
-    checkpointer.close()
-    _close_best(session)
-    session.writer.close()
+    for close in _closers(session):
+        close()
     test = finished_test_metrics(session.workdir, step)
     if test is None:  # no record (e.g. metrics.jsonl removed): score the checkpoint
         test = _run_eval(session.run, loop.state)
