@@ -8,6 +8,7 @@
 from cnnjax import shapes
 from cnnjax.ops import (
     avg_pool,
+    compiler_options,
     conv,
     conv_transpose,
     depthwise_conv,
@@ -44,6 +45,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "avg_pool",
+    "compiler_options",
     "conv",
     "conv_transpose",
     "create_model",

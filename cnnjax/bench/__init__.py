@@ -180,6 +180,13 @@ def add_parsers(bench: argparse.ArgumentParser) -> None:
         help="conv/dense precision (default: the backend's; 'highest' = no TF32 on GPU)",
     )
     p.add_argument(
+        "--cpu-convolutions",
+        type=_comma_list(("xla", "ynnpack"), text=True),
+        default="xla",
+        help="comma list of CPU convolution libraries to compare: xla (XLA's emitters, cnnjax's "
+        "default), ynnpack (XLA's default); ignored off CPU (default xla)",
+    )
+    p.add_argument(
         "--image-size", type=_int_at_least(1), help="H = W in pixels (default: the paper's)"
     )
     p.add_argument("--num-classes", type=_int_at_least(1), help="classes (default: the paper's)")

@@ -109,8 +109,11 @@ def _compile(workload: Workload, impl: str, arrays):
     def loss(*a):
         return jnp.sum(workload.call(*a, impl=impl))
 
-    fwd = jax.jit(forward)
-    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(arrays)))))
+    options = ops.compiler_options() or None  # as cnnjax train compiles (CPU conv library)
+    fwd = jax.jit(forward, compiler_options=options)
+    fwd_bwd = jax.jit(
+        jax.value_and_grad(loss, argnums=tuple(range(len(arrays)))), compiler_options=options
+    )
     jax.block_until_ready(fwd(*arrays))
     jax.block_until_ready(fwd_bwd(*arrays))
     return fwd, fwd_bwd

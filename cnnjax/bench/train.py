@@ -47,6 +47,7 @@ class Variant:
     compile_s: float
     memory_mb: float | None
     times: list[float] = dataclasses.field(default_factory=list)
+    cpu_convolutions: str | None = None  # JAX variants: cnnjax.ops.compiler_options' argument
 
 
 def _synthetic_batch(batch: int, shape: tuple[int, ...], num_classes: int, seed: int = 0):
@@ -65,9 +66,15 @@ def jax_variant(
     batch: int,
     shape: tuple[int, int, int],
     num_classes: int,
+    cpu_convolutions: str = "xla",
 ) -> Variant:
-    """Compile ``cnnjax.train.steps.train_step`` for ``model_name``; returns the timed closure."""
+    """Compile ``cnnjax.train.steps.train_step`` for ``model_name``; returns the timed closure.
+
+    Compiled with :func:`cnnjax.ops.compiler_options` for ``cpu_convolutions``, as ``cnnjax
+    train`` compiles its step.
+    """
     from cnnjax.models import create_model
+    from cnnjax.ops import compiler_options
     from cnnjax.train.optim import make_optimizer
     from cnnjax.train.state import create_train_state
     from cnnjax.train.steps import train_step
@@ -87,7 +94,8 @@ def jax_variant(
     donate = () if jax.default_backend() == "cpu" else (0,)
     step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=donate)
     start = time.perf_counter()
-    compiled = step_fn.lower(state, data).compile()
+    options = compiler_options(cpu_convolutions)
+    compiled = step_fn.lower(state, data).compile(compiler_options=options or None)
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
@@ -98,7 +106,11 @@ def jax_variant(
         jax.block_until_ready(metrics)
         holder["state"] = s
 
-    return Variant(f"jax {impl} {dtype}", "jax", impl, dtype, step, compile_s, _memory_mb(compiled))
+    name = f"jax {impl} {dtype}" + ("" if cpu_convolutions == "xla" else f" {cpu_convolutions}")
+    memory = _memory_mb(compiled)
+    return Variant(
+        name, "jax", impl, dtype, step, compile_s, memory, cpu_convolutions=cpu_convolutions
+    )
 
 
 def _memory_mb(compiled) -> float | None:
@@ -196,6 +208,7 @@ def run(
     impls: Sequence[str] = ("custom", "xla"),
     dtypes: Sequence[str] = ("float32", "bfloat16"),
     precision: str | None = None,
+    cpu_convolutions: Sequence[str] = ("xla",),
     batch: int = 128,
     steps: int = 10,
     warmup: int = 2,
@@ -207,6 +220,9 @@ def run(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Build, compile and time every variant; returns ``{"meta": ..., "results": [rows]}``.
+
+    ``cpu_convolutions`` lists :func:`cnnjax.ops.compiler_options` settings to compare (each JAX
+    variant once per setting; off CPU only the first is used, as they compile alike there).
 
     ``log`` receives status lines (default: printed on stderr with a progress bar; stdout is
     left to the results); pass ``lambda s: None`` for silence (and no bar).
@@ -231,7 +247,9 @@ def run(
     shape = (size, size, c)
     num_classes = num_classes or info.default_num_classes
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    jobs = [(dtype, impl) for dtype in dtypes for impl in impls]
+    if jax.default_backend() != "cpu":
+        cpu_convolutions = tuple(cpu_convolutions)[:1]
+    jobs = [(dtype, impl, cc) for dtype in dtypes for impl in impls for cc in cpu_convolutions]
     build = functools.partial(
         jax_variant,
         model_name,
@@ -244,14 +262,18 @@ def run(
     # XLA compiles release the GIL: on a many-core host, threads cut the wall time of compiling
     # several variants (each one's compile_s then includes waiting for a core).
     with concurrent.futures.ThreadPoolExecutor(max(1, compile_threads)) as pool:
-        futures = {job: pool.submit(build, impl=job[1], dtype=job[0]) for job in jobs}
+        futures = {
+            job: pool.submit(build, impl=job[1], dtype=job[0], cpu_convolutions=job[2])
+            for job in jobs
+        }
         built = {job: f.result() for job, f in futures.items()}
     variants: list[Variant] = []
     for dtype in dtypes:
         for impl in impls:
-            v = built[(dtype, impl)]
-            log(f"  {v.name}: compiled in {v.compile_s:.1f} s, {v.memory_mb or 0:.0f} MiB")
-            variants.append(v)
+            for cc in cpu_convolutions:
+                v = built[(dtype, impl, cc)]
+                log(f"  {v.name}: compiled in {v.compile_s:.1f} s, {v.memory_mb or 0:.0f} MiB")
+                variants.append(v)
         if use_torch:
             v = torch_variant(
                 model_name,
@@ -289,6 +311,7 @@ def run(
         warmup=warmup,
         repeats=repeats,
         precision=precision,
+        cpu_convolutions=list(cpu_convolutions),
         threads=threads,
         peak_device_memory_mb=report.peak_device_memory_mb(),
     )
@@ -302,6 +325,7 @@ def _row(v: Variant, batch: int, steps: int) -> dict:
         "framework": v.framework,
         "impl": v.impl,
         "dtype": v.dtype,
+        "cpu_convolutions": v.cpu_convolutions,
         "img_per_s": batch / step_s,
         "step_ms": 1e3 * step_s,
         "compile_s": v.compile_s,
@@ -312,13 +336,13 @@ def _row(v: Variant, batch: int, steps: int) -> dict:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    """custom/xla step-time ratio per dtype; JAX/torch step-time ratio per dtype."""
-    by = {(r["framework"], r["impl"], r["dtype"]): r for r in rows}
+    """custom/xla step-time ratio per dtype (and CPU conv library); JAX/torch per dtype."""
+    by = {(r["framework"], r["impl"], r["dtype"], r["cpu_convolutions"]): r for r in rows}
     torch_rows = {r["dtype"]: r for r in rows if r["framework"] == "torch"}
     for r in rows:
         if r["framework"] != "jax":
             continue
-        xla = by.get(("jax", "xla", r["dtype"]))
+        xla = by.get(("jax", "xla", r["dtype"], r["cpu_convolutions"]))
         if r["impl"] == "custom" and xla is not None:
             r["custom_over_xla"] = r["step_ms"] / xla["step_ms"]
         if r["dtype"] in torch_rows:
@@ -346,6 +370,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         impls=report.split_list(args.impl, ("custom", "xla"), "--impl"),
         dtypes=report.split_list(args.dtype, ("float32", "bfloat16"), "--dtype"),
         precision=args.precision,
+        cpu_convolutions=report.split_list(
+            args.cpu_convolutions, ("xla", "ynnpack"), "--cpu-convolutions"
+        ),
         batch=args.batch,
         steps=args.steps,
         warmup=args.warmup,

@@ -6,6 +6,7 @@ forward, JAX autodiff). Both give the same forward values. Activations are ``(N,
 with 1-3 spatial dims, kernels ``(*kernel, C_in // groups, C_out)``.
 """
 
+from cnnjax.ops.compile_options import CPU_CONVOLUTIONS, compiler_options
 from cnnjax.ops.conv import conv, conv_transpose, depthwise_conv, separable_conv
 from cnnjax.ops.normalization import local_contrast_norm, local_response_norm
 from cnnjax.ops.pooling import (
@@ -18,7 +19,9 @@ from cnnjax.ops.pooling import (
 from cnnjax.ops.unpool import max_unpool
 
 __all__ = [
+    "CPU_CONVOLUTIONS",
     "avg_pool",
+    "compiler_options",
     "conv",
     "conv_transpose",
     "depthwise_conv",

@@ -40,6 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
     # conv/dense precision: None = the backend default (TF32 for float32 on Ampere+ GPUs, one
     # bfloat16 pass on TPU) | "default" | "high" | "highest" (full float32); docs/accelerators.md
     c.precision = config_dict.placeholder(str)
+    # which library runs convolutions on CPU: "xla" (XLA's Eigen/loop emitters; YNNPACK keeps
+    # dots and reductions: faster for CNN training, measured) | "ynnpack" (XLA's own default);
+    # no effect on GPU/TPU. cnnjax.ops.compiler_options, docs/accelerators.md
+    c.cpu_convolutions = "xla"
 
     c.dataset = "digits"
     c.data_dir = config_dict.placeholder(str)  # TFDS data_dir (and ImageNet's manual dir)

@@ -67,6 +67,7 @@ from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batch
 from cnnjax.data.augment import check_augment_geometry, device_normalize
 from cnnjax.data.classes import save_class_names
 from cnnjax.data.pipeline import default_workers, device_preprocess, in_memory, prefetch_to_device
+from cnnjax.ops import compiler_options
 from cnnjax.train.actions import (
     BEST_METRICS,
     CheckStop,
@@ -237,6 +238,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f'on_nonfinite must be "stop" or "skip", got {config.on_nonfinite!r}')
+    options = compiler_options(config.get("cpu_convolutions", "xla"))  # (validates the name)
     task = _check_task(config, info)
     _check_best_metric(config, task)
     if dataset is None:
@@ -309,7 +311,7 @@ def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = No
         use_ema=opt.ema_decay is not None,
         preprocess=preprocess,
     )
-    driver = make_driver(config.parallel, train_fn, eval_fn)
+    driver = make_driver(config.parallel, train_fn, eval_fn, options)
     if jax.process_count() > 1 and driver.kind == "none":
         raise ValueError("a multi-process run needs --parallel pmap or sharded (or auto)")
     driver.check_batch_size(config.batch_size)
@@ -942,7 +944,7 @@ def evaluate(
         else functools.partial(device_normalize, mean=run.dataset.mean, std=run.dataset.std)
     )
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=run.driver.compiler_options or None)
     def predict(variables, images):
         if preprocess is not None:
             images = preprocess(images)

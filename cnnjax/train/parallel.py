@@ -123,11 +123,21 @@ class Driver:
     """Placement and compiled steps for one parallelism kind (see the module docstring).
 
     ``train_fn(state, batch, *, axis_name)`` and ``eval_fn(state, batch, *, axis_name)`` are the
-    pure steps with every other argument already bound.
+    pure steps with every other argument already bound. ``compiler_options`` go to ``jax.jit``
+    (:func:`cnnjax.ops.compiler_options`; ``jax.pmap`` takes none, so the pmap driver ignores
+    them).
     """
 
-    def __init__(self, kind: str, train_fn: Callable, eval_fn: Callable):
+    def __init__(
+        self,
+        kind: str,
+        train_fn: Callable,
+        eval_fn: Callable,
+        compiler_options: dict[str, str] | None = None,
+    ):
         self.kind = resolve_parallel(kind)
+        self.compiler_options = dict(compiler_options or {})
+        jit = functools.partial(jax.jit, compiler_options=self.compiler_options or None)
         if self.kind == "none":
             self.devices = [jax.local_devices()[0]]
         elif self.kind == "pmap":
@@ -141,8 +151,8 @@ class Driver:
         if self.kind == "none":
             self._state_sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
             self._batch_sharding = self._state_sharding
-            self.train_step = jax.jit(functools.partial(train_fn, axis_name=None), donate_argnums=0)
-            self.eval_step = jax.jit(functools.partial(eval_fn, axis_name=None))
+            self.train_step = jit(functools.partial(train_fn, axis_name=None), donate_argnums=0)
+            self.eval_step = jit(functools.partial(eval_fn, axis_name=None))
         elif self.kind == "pmap":
             local_mesh = Mesh(np.array(self.local_devices), (AXIS,))
             self._batch_sharding = NamedSharding(local_mesh, P(AXIS))
@@ -172,10 +182,10 @@ class Driver:
                 out_specs=P(),
                 check_vma=False,
             )
-            self.train_step = jax.jit(
+            self.train_step = jit(
                 shard(functools.partial(train_fn, axis_name=AXIS)), donate_argnums=0
             )
-            self.eval_step = jax.jit(shard(functools.partial(eval_fn, axis_name=AXIS)))
+            self.eval_step = jit(shard(functools.partial(eval_fn, axis_name=AXIS)))
 
     def check_batch_size(self, batch_size: int) -> None:
         """Raise unless the global ``batch_size`` splits evenly over the devices."""
@@ -241,6 +251,11 @@ class Driver:
         return {k: float(np.asarray(self.host_state(v))) for k, v in metrics.items()}
 
 
-def make_driver(parallel: str, train_fn: Callable, eval_fn: Callable) -> Driver:
+def make_driver(
+    parallel: str,
+    train_fn: Callable,
+    eval_fn: Callable,
+    compiler_options: dict[str, str] | None = None,
+) -> Driver:
     """A :class:`Driver` for ``parallel`` in ``auto | none | pmap | sharded``."""
-    return Driver(parallel, train_fn, eval_fn)
+    return Driver(parallel, train_fn, eval_fn, compiler_options)
