@@ -23,6 +23,7 @@ import optax
 
 from cnnjax.data import batches, load_dataset
 from cnnjax.models import create_model
+from cnnjax.ops import compiler_options
 from cnnjax.train.state import create_train_state
 from cnnjax.train.tasks import iou_from_confusion, segmentation_eval_step, segmentation_train_step
 from cnnjax.viz import plot_segmentation
@@ -57,8 +58,9 @@ def main(argv=None):
     steps = len(dataset.train) // args.batch_size
     tx = optax.adam(optax.cosine_decay_schedule(args.lr, steps * args.epochs))
     state = create_train_state(model, tx, seed=0, input_shape=dataset.image_shape)
-    train_step = jax.jit(functools.partial(segmentation_train_step, model=model, tx=tx))
-    eval_step = jax.jit(functools.partial(segmentation_eval_step, model=model))
+    jit = functools.partial(jax.jit, compiler_options=compiler_options())  # CPU conv library
+    train_step = jit(functools.partial(segmentation_train_step, model=model, tx=tx))
+    eval_step = jit(functools.partial(segmentation_eval_step, model=model))
     log = (workdir / "metrics.jsonl").open("w")
     start = time.time()
     for epoch in range(1, args.epochs + 1):
