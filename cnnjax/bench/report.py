@@ -37,6 +37,7 @@ def machine_meta() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_avg": [round(x, 2) for x in load] if load else None,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # the CLI sets malloc.hugetlb=1
         "command": "cnnjax " + shlex.join(sys.argv[1:]) if sys.argv else None,
     }
 
