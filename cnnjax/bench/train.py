@@ -33,6 +33,10 @@ from cnnjax.progress import progress_bar
 __all__ = ["Variant", "jax_variant", "run", "run_from_args", "torch_variant"]
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
+# Pause before each timed block so the previous variant's worker threads go idle first: timed
+# right after the PyTorch twin, LeNet-5's JAX step ran ~1.2x as long (its OpenMP workers keep
+# spinning), so custom/xla read 1.21 with torch in the rotation and 1.007 without (21 rounds).
+SETTLE_S = 0.2
 
 
 @dataclasses.dataclass
@@ -295,6 +299,7 @@ def run(
     for r in range(repeats):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
+            time.sleep(SETTLE_S)  # outside the timed span: see SETTLE_S
             start = time.perf_counter()
             v.step(steps)
             v.times.append(time.perf_counter() - start)
