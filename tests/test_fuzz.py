@@ -310,7 +310,7 @@ MAKERS = {
 }
 
 
-NOT_OPS = {"compiler_options", "CPU_CONVOLUTIONS"}  # compile settings: tests/test_compile_options.py
+NOT_OPS = {"compiler_options", "CPU_CONVOLUTIONS"}  # tests/test_compile_options.py
 
 
 def test_every_public_op_is_fuzzed():
