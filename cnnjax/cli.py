@@ -23,6 +23,8 @@ __all__ = ["build_parser", "console_main", "main"]
 # glibc's huge-page malloc: see _use_huge_page_malloc. CNNJAX_HUGE_PAGE_MALLOC=0 turns it off.
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 _HUGE_PAGE_COMMANDS = ("train", "eval", "bench")  # the ones that run long computations
+_OFF = ("0", "false", "no", "off")
+_RESTARTED = "CNNJAX_HUGE_PAGE_MALLOC_RESTARTED"
 
 _DESCRIPTION = "cnnjax: a JAX functional CNN toolkit (ops → layers → models → data → train)."
 
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-convolutions",
         choices=("xla", "ynnpack"),
         help="library running convolutions on CPU: XLA's own emitters (faster for CNN "
-        "training, measured) or YNNPACK (XLA's default); no effect on GPU/TPU (default: xla)",
+        "training, measured) or YNNPACK (XLA's default); no effect on GPU/TPU or with "
+        "--parallel pmap (default: xla)",
     )
     p.add_argument(
         "--on-nonfinite",
@@ -551,8 +554,12 @@ def _forward(name: str):
 def console_main() -> None:
     """The ``cnnjax`` console script: :func:`main`, for ``train``/``eval``/``bench`` in a process
     restarted with huge-page malloc (:func:`_use_huge_page_malloc`)."""
-    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if command in _HUGE_PAGE_COMMANDS:
+    argv = sys.argv[1:]
+    command = next((a for a in argv if not a.startswith("-")), None)
+    # Restart only a process that *is* this command (console script, python -m cnnjax.cli):
+    # never a REPL, notebook or script that called console_main itself.
+    own_process = bool(argv) and sys.orig_argv[-len(argv) :] == argv
+    if command in _HUGE_PAGE_COMMANDS and own_process:
         _use_huge_page_malloc()
     sys.exit(main())
 
@@ -568,10 +575,12 @@ def _use_huge_page_malloc() -> None:
     long, LeNet-5's the same (experiments/cpu_malloc_hugetlb.py); the restart costs ~0.4 s of
     start-up (importing cnnjax twice), hence only for long commands. Nothing happens off Linux, on
     other C libraries or older glibc, when ``GLIBC_TUNABLES`` already names the tunable (your
-    setting wins, and the restarted process stops here), or with ``CNNJAX_HUGE_PAGE_MALLOC=0``.
+    setting wins), after the restart (``CNNJAX_HUGE_PAGE_MALLOC_RESTARTED``), or with
+    ``CNNJAX_HUGE_PAGE_MALLOC`` = ``0``/``false``/``no``/``off``.
     """
-    if sys.platform != "linux" or os.environ.get("CNNJAX_HUGE_PAGE_MALLOC", "1") == "0":
-        return
+    off = os.environ.get("CNNJAX_HUGE_PAGE_MALLOC", "1").strip().lower() in _OFF
+    if sys.platform != "linux" or off or os.environ.get(_RESTARTED):
+        return  # (_RESTARTED: glibc blanks GLIBC_TUNABLES in privileged processes: no loop)
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables or not sys.executable or not sys.orig_argv:
         return
@@ -583,8 +592,10 @@ def _use_huge_page_malloc() -> None:
     if libc != "glibc" or major_minor < (2, 35):
         return
     os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, HUGE_PAGE_TUNABLE]))
-    sys.stdout.flush()
-    sys.stderr.flush()
+    os.environ[_RESTARTED] = "1"
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # (None: the stream was closed, e.g. `cnnjax train >&-`)
+            stream.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 

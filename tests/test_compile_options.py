@@ -9,7 +9,9 @@ convolutions run (the optimized HLO) and not *what* is computed.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -21,7 +23,7 @@ import pytest
 import cnnjax
 from cnnjax import ops
 from cnnjax.ops import compile_options
-from cnnjax.train import apply_overrides, default_config, train
+from cnnjax.train import apply_overrides, default_config, evaluate, train
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
@@ -82,29 +84,81 @@ def test_unknown_library_is_a_value_error_naming_the_choices(bad):
         cnnjax.compiler_options(bad)
 
 
-def _short_run(tmp_path, library):
+def _short_run(tmp_path, library, steps=3, hooks=()):
     config = default_config()
-    overrides = ["impl=custom", "parallel=none", "num_steps=3", "eval_batch_size=450"]
+    overrides = ["impl=custom", "parallel=none", f"num_steps={steps}", "eval_batch_size=450"]
     apply_overrides(config, [*overrides, f"cpu_convolutions={library}"])
-    return train(config, tmp_path / library, verbose=False)
+    return train(config, tmp_path / "run", verbose=False, hooks=hooks)
 
 
-def test_train_compiles_with_the_option_and_both_libraries_train_alike(tmp_path, monkeypatch):
-    seen = []
-    jit = jax.jit
+def _spy_jit(monkeypatch):
+    seen, jit = [], jax.jit
 
     def spy(fun=None, /, **kwargs):
-        seen.append(kwargs.get("compiler_options"))
-        return jit(fun, **kwargs) if fun is not None else functools.partial(spy, **kwargs)
+        if fun is None:
+            return functools.partial(spy, **kwargs)
+        seen.append(kwargs.get("compiler_options") or {})
+        return jit(fun, **kwargs)
 
     monkeypatch.setattr(jax, "jit", spy)
-    ours = _short_run(tmp_path, "xla")
-    monkeypatch.setattr(jax, "jit", jit)
-    assert cnnjax.compiler_options() in seen  # the train, eval and predict steps
-    theirs = _short_run(tmp_path, "ynnpack")
+    return seen
+
+
+def test_train_compiles_with_the_chosen_library_and_both_train_alike(tmp_path, monkeypatch):
+    seen = _spy_jit(monkeypatch)
+    ours = _short_run(tmp_path / "a", "xla")
+    assert seen.count(cnnjax.compiler_options()) == 2  # the train step and the eval step
+    seen.clear()
+    evaluate(tmp_path / "a" / "run")  # `cnnjax eval`
+    assert seen.count(cnnjax.compiler_options()) == 3  # its driver's two steps and predict
+    seen.clear()
+    theirs = _short_run(tmp_path / "b", "ynnpack")
+    assert cnnjax.compiler_options() not in seen and seen  # the setting is obeyed, not ignored
+    monkeypatch.undo()
     for a, b in zip(jax.tree.leaves(ours.state.params), jax.tree.leaves(theirs.state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert ours.test["loss"] == pytest.approx(theirs.test["loss"], rel=1e-4)
+
+
+def test_a_run_resumes_with_the_other_library(tmp_path):
+    """Which kernels run is operational, like --parallel: a resumed run may change it."""
+
+    def stop_at_2(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # train() stops cleanly at the next step
+
+    assert _short_run(tmp_path, "xla", steps=4, hooks=[stop_at_2]).interrupted
+    result = _short_run(tmp_path, "ynnpack", steps=4)
+    assert result.step == 4 and not result.interrupted
+
+
+@pytest.mark.parametrize("kind", ["none", "sharded"])
+def test_the_driver_compiles_both_steps_with_the_options(monkeypatch, kind):
+    from cnnjax.train.parallel import make_driver
+
+    seen = _spy_jit(monkeypatch)
+    options = cnnjax.compiler_options()
+
+    def step(state, batch, *, axis_name):
+        return state
+
+    driver = make_driver(kind, step, step, options)
+    assert seen == [options, options] and driver.compiler_options == options
+
+
+def test_cli_passes_the_flag_to_the_config(monkeypatch):
+    import cnnjax.train
+    from cnnjax import cli
+
+    captured = {}
+
+    def fake_train(config, workdir, **kwargs):
+        captured["library"] = config.cpu_convolutions
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnjax.train, "train", fake_train)
+    assert cli.main(["train", "--cpu-convolutions", "ynnpack"]) == 130
+    assert captured == {"library": "ynnpack"}
 
 
 def test_train_refuses_an_unknown_library_before_loading_data(tmp_path):
@@ -127,8 +181,16 @@ def test_cli_flag_choices_exit_2():
     )
 
 
-def test_bench_train_compares_both_libraries(capsys):
+def test_bench_train_compares_both_libraries(monkeypatch):
     from cnnjax.bench import train as bench_train
+
+    compiled_for = []
+
+    def recording(cpu_convolutions="xla", backend=None):
+        compiled_for.append(cpu_convolutions)
+        return compile_options.compiler_options(cpu_convolutions, backend)
+
+    monkeypatch.setattr(ops, "compiler_options", recording)
 
     result = bench_train.run(
         "lenet5",
@@ -142,6 +204,7 @@ def test_bench_train_compares_both_libraries(capsys):
         use_torch=False,
         log=lambda s: None,
     )
+    assert sorted(compiled_for) == ["xla", "xla", "ynnpack", "ynnpack"]
     rows = {r["variant"]: r for r in result["results"]}
     assert set(rows) == {
         "jax custom float32",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -22,25 +23,30 @@ glibc_235 = (
 )
 needs_glibc = pytest.mark.skipif(not glibc_235, reason="glibc >= 2.35 on Linux")
 
-# Prints "pid GLIBC_TUNABLES" each time the interpreter runs it, then runs the console script.
+# Prints "pid GLIBC_TUNABLES" each time the interpreter runs it, then runs the console script
+# with the command-line arguments given after ``-c PROBE`` (as ``cnnjax ARGS`` would).
 PROBE = (
     "import os, sys\n"
     "print(os.getpid(), os.environ.get('GLIBC_TUNABLES'), flush=True)\n"
-    "sys.argv = ['cnnjax', *{argv!r}]\n"
     "from cnnjax.cli import console_main\n"
     "console_main()\n"
 )
+CLEAN = ("GLIBC_TUNABLES", "CNNJAX_HUGE_PAGE_MALLOC", "CNNJAX_HUGE_PAGE_MALLOC_RESTARTED")
+
+
+def _environment(**env):
+    environment = {k: v for k, v in os.environ.items() if k not in CLEAN}
+    environment.update(env)
+    return environment
 
 
 def _probe(argv, **env):
-    environment = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    environment.update(env)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(argv=argv)],
+        [sys.executable, "-c", PROBE, *argv],
         capture_output=True,
         text=True,
         timeout=120,
-        env=environment,
+        env=_environment(**env),
     )
     lines = [line for line in out.stdout.splitlines() if line.split(" ")[0].isdigit()]
     return out, [line.split(" ", 1) for line in lines]
@@ -71,13 +77,60 @@ def test_the_users_tunables_are_kept_and_an_explicit_choice_wins():
     [
         (["models"], {}),  # short commands: not worth a second start-up
         (["--version"], {}),
-        (["train", "--help"], {"CNNJAX_HUGE_PAGE_MALLOC": "0"}),  # turned off
+        *[(["train", "--help"], {"CNNJAX_HUGE_PAGE_MALLOC": v}) for v in ("0", "false", "Off")],
+        (["train", "--help"], {"CNNJAX_HUGE_PAGE_MALLOC_RESTARTED": "1"}),  # no second restart
     ],
 )
 def test_no_restart(argv, env):
     out, runs = _probe(argv, **env)
     assert out.returncode == 0, out.stderr
     assert len(runs) == 1
+
+
+def test_a_program_calling_console_main_itself_is_not_restarted():
+    """Only a process that *is* the command restarts (not a script, REPL or notebook)."""
+    code = "import sys\nsys.argv = ['cnnjax', 'train', '--bogus-flag']\n" + PROBE
+    out = subprocess.run(
+        [sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120,
+        env=_environment(),
+    )  # fmt: skip
+    assert out.returncode == 2 and "unrecognized arguments: --bogus-flag" in out.stderr
+    assert len([line for line in out.stdout.splitlines() if line[:1].isdigit()]) == 1
+
+
+@needs_glibc
+def test_closed_output_streams_do_not_break_the_restart(tmp_path):
+    marker = tmp_path / "runs.txt"
+    code = (
+        "import os\n"
+        f"open({str(marker)!r}, 'a').write(os.environ.get('GLIBC_TUNABLES', '-') + '\\n')\n"
+        "from cnnjax.cli import console_main\n"
+        "console_main()\n"
+    )
+    script = f'exec {shlex.quote(sys.executable)} -c "$0" train --bogus-flag >&- 2>&-'
+    out = subprocess.run(["bash", "-c", script, code], env=_environment(), timeout=120)
+    assert out.returncode == 2  # argparse's error (stderr closed), not a crash in the restart
+    assert marker.read_text().split() == ["-", cli.HUGE_PAGE_TUNABLE]
+
+
+@needs_glibc
+def test_output_buffered_before_the_restart_is_not_lost():
+    code = "import sys\nprint('before the restart')\n" + PROBE  # (not flushed: a pipe)
+    out = subprocess.run(
+        [sys.executable, "-c", code, "train", "--help"],
+        capture_output=True, text=True, timeout=120, env=_environment(),
+    )  # fmt: skip
+    assert out.stdout.count("before the restart") == 2  # once per start, none lost
+
+
+def test_bench_meta_records_the_tunables_and_xla_flags(monkeypatch):
+    from cnnjax.bench import report
+
+    monkeypatch.setenv("GLIBC_TUNABLES", cli.HUGE_PAGE_TUNABLE)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    meta = report.machine_meta()
+    assert meta["glibc_tunables"] == cli.HUGE_PAGE_TUNABLE
+    assert meta["xla_flags"] == "--xla_cpu_enable_fast_math=false"
 
 
 @pytest.mark.parametrize(
@@ -90,7 +143,7 @@ def test_no_restart(argv, env):
     ],
 )
 def test_skipped_on_other_c_libraries_and_systems(monkeypatch, system, libc_version):
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(os, "environ", _environment())  # a copy: nothing leaks
     monkeypatch.setattr(sys, "platform", system)
     monkeypatch.setattr(platform, "libc_ver", lambda: libc_version)
 
@@ -103,7 +156,7 @@ def test_skipped_on_other_c_libraries_and_systems(monkeypatch, system, libc_vers
 
 
 def test_restart_command_line(monkeypatch):
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(os, "environ", _environment())  # a copy: nothing leaks
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
     monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "dev", "-m", "cnnjax.cli", "train"])
@@ -112,3 +165,4 @@ def test_restart_command_line(monkeypatch):
     cli._use_huge_page_malloc()
     assert calls == [(sys.executable, [sys.executable, "-X", "dev", "-m", "cnnjax.cli", "train"])]
     assert os.environ["GLIBC_TUNABLES"] == cli.HUGE_PAGE_TUNABLE
+    assert os.environ["CNNJAX_HUGE_PAGE_MALLOC_RESTARTED"] == "1"

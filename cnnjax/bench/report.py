@@ -38,6 +38,7 @@ def machine_meta() -> dict:
         "cpu_count": os.cpu_count(),
         "load_avg": [round(x, 2) for x in load] if load else None,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # the CLI sets malloc.hugetlb=1
+        "xla_flags": os.environ.get("XLA_FLAGS"),  # (may override compiler_options)
         "command": "cnnjax " + shlex.join(sys.argv[1:]) if sys.argv else None,
     }
 

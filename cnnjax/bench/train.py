@@ -251,6 +251,8 @@ def run(
     shape = (size, size, c)
     num_classes = num_classes or info.default_num_classes
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if isinstance(cpu_convolutions, str):
+        cpu_convolutions = (cpu_convolutions,)
     if jax.default_backend() != "cpu":
         cpu_convolutions = tuple(cpu_convolutions)[:1]
     jobs = [(dtype, impl, cc) for dtype in dtypes for impl in impls for cc in cpu_convolutions]

@@ -53,7 +53,7 @@ def compiler_options(cpu_convolutions: str = "xla", backend: str | None = None) 
             f"cpu_convolutions must be one of {', '.join(map(repr, CPU_CONVOLUTIONS))}, "
             f"got {cpu_convolutions!r}"
         )
-    if cpu_convolutions == "ynnpack" or (backend or jax.default_backend()) != "cpu":
+    if cpu_convolutions == "ynnpack" or (backend or jax.default_backend()).lower() != "cpu":
         return {}
     if _YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
         return {}

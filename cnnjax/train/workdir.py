@@ -59,6 +59,7 @@ __all__ = [
 # Fields that change how a run executes, not what it computes: free to change on resume.
 OPERATIONAL = (
     "parallel",
+    "cpu_convolutions",  # which kernels run, not what they compute
     "prefetch",
     "resume",
     "checkpoint",
