@@ -31,11 +31,6 @@ import sys
 import time
 
 TUNABLE = "glibc.malloc.hugetlb=1"
-OPTIONS = {  # cnnjax.compiler_options() on CPU: XLA's default minus YNNPACK convolutions
-    "xla_cpu_experimental_ynn_fusion_type": (
-        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-    )
-}
 
 
 def child(model: str, framework: str, rounds: int, steps: int) -> None:
@@ -62,34 +57,14 @@ def child(model: str, framework: str, rounds: int, steps: int) -> None:
 
 
 def _jax_step(model: str, shape: tuple[int, int, int]):
-    import functools
+    """The step ``cnnjax bench train`` times (custom VJPs, compiled with compiler_options())."""
+    from cnnjax.bench.train import jax_variant
 
-    import jax
-    import jax.numpy as jnp
-
-    from cnnjax.bench.train import _synthetic_batch
-    from cnnjax.models import create_model
-    from cnnjax.train.optim import make_optimizer
-    from cnnjax.train.state import create_train_state
-    from cnnjax.train.steps import train_step
-
-    net = create_model(model, num_classes=10, impl="custom", dtype=jnp.float32, precision=None)
-    tx = make_optimizer("sgd", 0.1, momentum=0.9, weight_decay=5e-4)
-    state = create_train_state(net, tx, seed=0, input_shape=shape)
-    images, labels = _synthetic_batch(128, shape, 10)
-    data = {"image": jax.device_put(images), "label": jax.device_put(labels)}
-    fn = jax.jit(functools.partial(train_step, model=net, tx=tx))
-    compiled = fn.lower(state, data).compile(compiler_options=OPTIONS)
-    holder = {"state": state}
-
-    def step(n: int) -> None:
-        s = holder["state"]
-        for _ in range(n):
-            s, metrics = compiled(s, data)
-        jax.block_until_ready(metrics)
-        holder["state"] = s
-
-    return step
+    variant = jax_variant(
+        model, impl="custom", dtype="float32", precision=None, batch=128, shape=shape,
+        num_classes=10,
+    )  # fmt: skip
+    return variant.step
 
 
 def main(model: str, pairs: int, framework: str) -> None:

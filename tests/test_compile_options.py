@@ -61,7 +61,9 @@ def test_values_are_unchanged():
     w = jnp.asarray(rng.standard_normal((3, 3, 32, 32), dtype=np.float32))
     ours = jax.jit(_conv_step, compiler_options=cnnjax.compiler_options())(x, w)
     xla_default = jax.jit(_conv_step)(x, w)
-    np.testing.assert_allclose(ours, xla_default, rtol=2e-5, atol=2e-4)
+    # different kernels, different float32 summation order: measured 3.4e-6 of the largest value
+    scale = float(np.max(np.abs(xla_default)))
+    assert float(np.max(np.abs(ours - xla_default))) <= 1e-5 * scale
 
 
 def test_ynnpack_other_backends_and_user_flags_give_no_options(monkeypatch):
