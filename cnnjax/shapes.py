@@ -2,13 +2,17 @@
 
 Everything here is plain Python on integers (no JAX), so it runs at trace time and its results
 are hashable, static arguments of the ops. One padding helper, :func:`canonicalize_padding`, is
-shared by every op's forward and backward rule.
+shared by every op's forward rule, and one, :func:`vjp_padding`, by every backward rule that
+spreads an output gradient back over a window (the conv input gradient, the average and Lp
+pools), as ``jax/_src/lax/windowed_reductions.py`` reuses the conv VJP padding.
 
-Formulas (per spatial dimension, from the seeds, with dilation ``d`` added)::
+Formulas (per spatial dimension, from the CS231n notes "Convolutional Neural Networks", with
+dilation ``d`` added)::
 
     conv:            o = floor((n + lo + hi - d*(k-1) - 1) / s) + 1        # (W - F + 2P)/S + 1
     conv transpose:  o = (n - 1)*s - lo - hi + d*(k-1) + output_padding + 1
     pool:            o = floor_or_ceil((n + 2p - d*(k-1) - 1) / s) + 1     # PyTorch's rule
+    VJP padding:     (d*(k-1) - lo, n + lo - (o-1)*s - 1)                   # of g dilated by s
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "pool_output_size",
     "receptive_field",
     "same_padding",
+    "vjp_padding",
 ]
 
 
@@ -157,7 +162,7 @@ def conv_output_size(
 ) -> int:
     """Output length of a convolution: ``floor((n + lo + hi - d*(k-1) - 1) / s) + 1``.
 
-    With ``d = 1`` and ``lo = hi = P`` this is the seeds' ``(W - F + 2P)/S + 1``;
+    With ``d = 1`` and ``lo = hi = P`` this is CS231n's ``(W - F + 2P)/S + 1``;
     e.g. AlexNet's first layer ``conv_output_size(227, 11, 4) == 55``.
     """
     lo, hi = (padding, padding) if is_int(padding) else padding
@@ -175,6 +180,31 @@ def conv_transpose_output_size(
     """Output length of a transposed conv: ``(n-1)*s - lo - hi + d*(k-1) + output_padding + 1``."""
     lo, hi = (padding, padding) if is_int(padding) else padding
     return (n - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1
+
+
+def vjp_padding(
+    n: int,
+    out: int,
+    k: int,
+    stride: int = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int = 1,
+) -> tuple[int, int]:
+    """``(lo', hi')`` padding of an output gradient in the backward pass of a window op.
+
+    A window op (conv, sum or average pool) maps an input of length ``n`` to ``out`` outputs,
+    output ``j`` reading inputs ``j*s - lo + t*d`` for taps ``t < k``. Its input gradient
+    dilates the output gradient by the stride (``s - 1`` zeros between entries), pads it by
+    ``(d*(k-1) - lo, n + lo - (out-1)*s - 1)`` (a negative amount crops) and runs a stride-1
+    window of the same ``k`` and ``d`` over it, which gives exactly ``n`` values: input ``i``
+    collects every output ``j`` with ``j*s - lo + t*d = i``. The same arithmetic as JAX's
+    ``_conv_general_vjp_lhs_padding``.
+
+    >>> vjp_padding(5, 3, 3, stride=2, padding=1)   # conv 5 -> 3 outputs, k=3, s=2, p=1
+    (1, 1)
+    """
+    lo, _ = (padding, padding) if is_int(padding) else padding
+    return (dilation * (k - 1) - lo, n + lo - (out - 1) * stride - 1)
 
 
 def pool_output_size(
@@ -210,7 +240,7 @@ def conv_param_count(
     groups: int = 1,
     bias: bool = True,
 ) -> int:
-    """Parameters of a conv layer: ``(F*F*D1/groups)*K + K`` (the seeds' count with groups)."""
+    """Parameters of a conv layer: ``(F*F*D1/groups)*K + K`` (CS231n's count, with groups)."""
     size = kernel * kernel if is_int(kernel) else math.prod(kernel)
     return size * (in_channels // groups) * out_channels + (out_channels if bias else 0)
 
@@ -233,13 +263,15 @@ def receptive_field(
 ) -> list[ReceptiveField]:
     """Receptive field after each layer, from ``(kernel, stride[, padding[, dilation]])`` tuples.
 
-    Uses the seed's looking-forward recurrence (``k_eff = d*(k-1) + 1``)::
+    Uses the looking-forward recurrence (Dang Ha The Hien, "A guide to receptive field
+    arithmetic for convolutional neural networks", 2017) (``k_eff = d*(k-1) + 1``)::
 
         r_{l+1} = r_l + (k_eff - 1) * jump_l,   jump_{l+1} = jump_l * s,
         start_{l+1} = start_l + ((k_eff - 1)/2 - p) * jump_l
 
-    and checks it against the looking-back recurrence ``r_{l-1} = r_l*s_l + (f_l - s_l)`` run
-    from one output unit down to the input (both must agree; a mismatch raises).
+    and checks it against the looking-back recurrence ``r_{l-1} = r_l*s_l + (f_l - s_l)``
+    (Araujo, Norris & Sim, "Computing receptive fields of convolutional neural networks",
+    Distill 2019) run from one output unit down to the input (both must agree; a mismatch raises).
 
     >>> [rf.size for rf in receptive_field([(3, 1), (3, 1)])]   # two 3x3 convs see 5x5
     [3, 5]

@@ -16,19 +16,17 @@ import statistics
 import sys
 import time
 
-import cnnjax.ops  # noqa: F401  (registers the module below)
 from cnnjax.bench.train import jax_variant, torch_variant
-
-C = sys.modules["cnnjax.ops.conv"]
+from cnnjax.ops import xla_cpu as C
 
 
 def main(model: str, rounds: int) -> None:
     shape = (32, 32, 1) if model == "lenet5" else (32, 32, 3)
     kw = dict(dtype="float32", precision=None, batch=128, shape=shape, num_classes=10)
-    chunk = C._CPU_WEIGHT_GRAD_BATCH_CHUNK
-    C._CPU_WEIGHT_GRAD_BATCH_CHUNK = 10**9  # no chunks: the previous lowering
+    chunk = C.WEIGHT_GRAD_BATCH_CHUNK
+    C.WEIGHT_GRAD_BATCH_CHUNK = 10**9  # no chunks: the previous lowering
     variants = {"custom, whole dw": jax_variant(model, impl="custom", **kw)}
-    C._CPU_WEIGHT_GRAD_BATCH_CHUNK = chunk
+    C.WEIGHT_GRAD_BATCH_CHUNK = chunk
     variants["custom, chunked dw"] = jax_variant(model, impl="custom", **kw)
     variants["xla"] = jax_variant(model, impl="xla", **kw)
     threads = os.cpu_count() or 1

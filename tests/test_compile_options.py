@@ -22,7 +22,7 @@ import pytest
 
 import cnnjax
 from cnnjax import ops
-from cnnjax.ops import compile_options
+from cnnjax.ops import xla_cpu as compile_options
 from cnnjax.train import apply_overrides, default_config, evaluate, train
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"

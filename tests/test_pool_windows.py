@@ -1,4 +1,4 @@
-"""Large max-pool windows (issue 8): above ``_MAX_UNROLLED_TAPS`` taps the switch pass, its
+"""Large max-pool windows (issue 8): above ``MAX_UNROLLED_TAPS`` taps the switch pass, its
 backward, the indices and the dilated ``impl="xla"`` forward loop over the taps, so the program
 (and XLA's compile time) no longer grows with the window. The loop must be bit-identical to the
 unrolled tap-by-tap rule: ties, ``-inf``, NaN and ``-0.0`` included.
@@ -16,8 +16,9 @@ import reference_pooling as ref
 from helpers import assert_close
 from jax.test_util import check_grads
 
+from cnnjax.ops import _window as window_module
 from cnnjax.ops import max_pool
-from cnnjax.ops import pooling as pooling_module
+from cnnjax.ops import max_pooling as max_pool_module
 
 CASES = [
     # shape, window, stride, padding, dilation, ceil_mode
@@ -41,14 +42,14 @@ def _inputs(shape, kind, dtype, seed=0):
 
 def _all_outputs(x, geom, g):
     """Forward, custom VJP, indices, switch, xla forward and xla VJP, traced afresh (no jit
-    cache) so the current ``_MAX_UNROLLED_TAPS`` applies."""
-    y, pull = jax.vjp(lambda x: pooling_module._max_pool_custom(x, geom), x)
-    y_xla, pull_xla = jax.vjp(lambda x: pooling_module._max_pool_xla(x, geom), x)
+    cache) so the current ``MAX_UNROLLED_TAPS`` applies."""
+    y, pull = jax.vjp(lambda x: max_pool_module._max_pool_custom(x, geom), x)
+    y_xla, pull_xla = jax.vjp(lambda x: max_pool_module._max_pool_xla(x, geom), x)
     return {
         "y": y,
         "dx": pull(g)[0],
-        "indices": pooling_module._max_pool_indices(x, geom),
-        "switch": pooling_module._max_pool_fwd(x, geom)[1],
+        "indices": max_pool_module._max_pool_indices(x, geom),
+        "switch": max_pool_module._max_pool_fwd(x, geom)[1],
         "y_xla": y_xla,
         "dx_xla": pull_xla(g)[0],
     }
@@ -66,7 +67,7 @@ def test_looped_taps_bit_identical_to_unrolled(case, dtype, monkeypatch):
     kind = "special"
     shape, window, stride, padding, dilation, ceil_mode = case
     x = jnp.asarray(_inputs(shape, kind, dtype))
-    geom = pooling_module._window_geometry(
+    geom = window_module.window_geometry(
         "max_pool", x, window, stride, padding, dilation, ceil_mode, check_half_window=True
     )
     out_shape = ref.output_shape(shape, window, stride, padding, dilation, ceil_mode)
@@ -74,7 +75,7 @@ def test_looped_taps_bit_identical_to_unrolled(case, dtype, monkeypatch):
     # a new function per threshold: jit traces it anew (jit caches by function), so the
     # threshold applies
     unrolled = jax.jit(lambda x, g: _all_outputs(x, geom, g))(x, g)
-    monkeypatch.setattr(pooling_module, "_MAX_UNROLLED_TAPS", 0)
+    monkeypatch.setattr(max_pool_module, "MAX_UNROLLED_TAPS", 0)
     looped = jax.jit(lambda x, g: _all_outputs(x, geom, g))(x, g)
     text = str(jax.make_jaxpr(lambda x, g: _all_outputs(x, geom, g))(x, g))
     assert "scan[" in text or "while[" in text  # the looped path did run

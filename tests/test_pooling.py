@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
+from cnnjax.ops import _window as window_module
 from cnnjax.ops import avg_pool, global_avg_pool, global_max_pool, lp_pool, max_pool
-from cnnjax.ops import pooling as pooling_module
+from cnnjax.ops import max_pooling as max_pool_module
 
 
 def distinct(shape, seed=0, positive=False):
@@ -323,10 +324,10 @@ def test_max_pool_nan_propagates():
 def test_max_pool_integer_input_and_switch_dtype():
     x = jnp.arange(12, dtype=jnp.int32).reshape(1, 12, 1)
     np.testing.assert_array_equal(max_pool(x, 3, 2, 1).ravel(), [1, 3, 5, 7, 9, 11])
-    geom = pooling_module._window_geometry(
+    geom = window_module.window_geometry(
         "max_pool", jnp.zeros((1, 5, 5, 1)), 3, 1, 1, 1, False, check_half_window=True
     )
-    _, switch = pooling_module._max_pool_fwd(jnp.zeros((1, 5, 5, 1)), geom)
+    _, switch = max_pool_module._max_pool_fwd(jnp.zeros((1, 5, 5, 1)), geom)
     assert switch.dtype == jnp.int8
 
 
@@ -453,10 +454,10 @@ def test_no_retracing_for_same_shapes():
     # Eager calls hit the ops' own jit caches: no new compilation for the same shapes.
     x = jnp.asarray(distinct((1, 7, 7, 2)))
     max_pool(x, 3, 2, 1)
-    size = pooling_module._max_pool_jit._cache_size()
+    size = max_pool_module._max_pool_jit._cache_size()
     for seed in range(3):
         max_pool(jnp.asarray(distinct((1, 7, 7, 2), seed)), (3, 3), [2, 2], ((1, 1), (1, 1)))
-    assert pooling_module._max_pool_jit._cache_size() == size
+    assert max_pool_module._max_pool_jit._cache_size() == size
 
 
 def test_forward_mode_error_names_xla_impl():

@@ -153,3 +153,15 @@ def call_custom_vjp(op: str, fn, *args):
         if "forward-mode" in str(err) and "custom_vjp" in str(err):
             raise TypeError(f"{op}: {FORWARD_MODE_MESSAGE}") from err
         raise
+
+
+def as_real(op: str, x) -> jax.Array:
+    """Max pools accept every real dtype (bool, integers, floats; both impls return it) but not
+    complex numbers, which have no order."""
+    try:
+        x = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{op}: x must be an array, got {type(x).__name__}") from err
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{op}: x must be real (complex numbers have no maximum), got {x.dtype}")
+    return x

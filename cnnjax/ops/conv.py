@@ -11,14 +11,18 @@ all the work, and the two public ops are built from them with the roles swapped:
     conv            forward = _conv_forward,     backward = (_conv_input_grad, _conv_weight_grad)
     conv_transpose  forward = _conv_input_grad,  backward = (_conv_forward,    _conv_weight_grad)
 
-(with ``(*)`` a stride-1 correlation). This is the seeds' derivation: the gradient w.r.t. the
-input is a "full" convolution of the output gradient with the flipped filter, the gradient
-w.r.t. the filter is the correlation of the input with the output gradient, and a transposed
-convolution is exactly the input-gradient map of a convolution.
+(with ``(*)`` a stride-1 correlation). This is the derivation of the CS231n notes
+("Convolutional Neural Networks"): the gradient w.r.t. the input is a "full" convolution of the
+output gradient with the flipped filter, the gradient w.r.t. the filter is the correlation of
+the input with the output gradient, and a transposed convolution is exactly the input-gradient
+map of a convolution.
 
 Forward-mode differentiation (``jax.jvp``/``jax.jacfwd``) is impossible through a
 ``jax.custom_vjp``; use ``impl="xla"`` for it. Reverse-over-reverse (grad of grad) works: the
 backward rules are themselves differentiable lax code.
+
+XLA:CPU workarounds (a one-feature convolution guard, batch-chunked weight gradients) live in
+:mod:`cnnjax.ops.xla_cpu`; the primitives here call them and stay the maths.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from cnnjax.ops._common import (
     conv_dimension_numbers,
     spatial_ndim,
 )
+from cnnjax.ops.xla_cpu import conv_general_dilated, sum_over_batch_chunks
 from cnnjax.shapes import (
     Padding,
     canonicalize_padding,
@@ -48,6 +53,7 @@ from cnnjax.shapes import (
     conv_output_size,
     conv_transpose_output_size,
     is_int,
+    vjp_padding,
 )
 
 __all__ = ["conv", "conv_transpose", "depthwise_conv", "separable_conv"]
@@ -378,16 +384,16 @@ def _conv_input_grad(
     """``dx`` of ``y = _conv_forward(x, w)`` for output grad ``g``; ``x`` spatial = in_spatial.
 
     dx[n, i, ci] = sum_{k, co} g[n, (i + lo - k*d)/s, co] w[k, ci, co]  (terms with integral,
-    in-range output index). Implemented as the seeds say: dilate ``g`` by the stride
-    (``lhs_dilation``), zero-pad it by ``d*(k-1) - lo`` below and ``n - 1 - (o-1)*s + lo`` above
-    (negative = crop), and run a stride-1 correlation with the spatially flipped kernel whose
-    in/out channels are swapped (per group).
+    in-range output index). Implemented as the CS231n notes say: dilate ``g`` by the stride
+    (``lhs_dilation``), zero-pad it by :func:`cnnjax.shapes.vjp_padding`, ``d*(k-1) - lo`` below
+    and ``n - 1 - (o-1)*s + lo`` above (negative = crop), and run a stride-1 correlation with
+    the spatially flipped kernel whose in/out channels are swapped (per group).
     """
     ndim = g.ndim - 2
     kernel = w.shape[:ndim]
     grad_pads = tuple(
-        (d * (k - 1) - lo, n - 1 - (o - 1) * s + lo)
-        for n, o, k, s, (lo, _), d in zip(
+        vjp_padding(n, o, k, s, pad, d)
+        for n, o, k, s, pad, d in zip(
             in_spatial, g.shape[1:-1], kernel, stride, pads, dilation, strict=True
         )
     )
@@ -447,67 +453,19 @@ def _conv_weight_grad(
         batch_group_count=groups,
         precision=precision,
     )
-    # At most _CPU_WEIGHT_GRAD_MAX_CHUNKS convs, so compile time stays bounded at large batches.
-    chunk = max(_CPU_WEIGHT_GRAD_BATCH_CHUNK, -(-x.shape[0] // _CPU_WEIGHT_GRAD_MAX_CHUNKS))
-    if x.shape[0] <= chunk or accumulation_dtype(x.dtype) != x.dtype:
-        return conv(x, g)  # (sub-32-bit inputs: one rounding of the float32 sum, not one a chunk)
-
-    def batch_chunked(x, g):
-        parts = [conv(x[i : i + chunk], g[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
-        return functools.reduce(jnp.add, parts)
-
-    return lax.platform_dependent(x, g, cpu=batch_chunked, default=conv)
+    return sum_over_batch_chunks(conv, x, g)
 
 
-# On CPU, XLA lays the weight-gradient operands out as (C_in, *spatial, N) and fuses their
-# producers (BatchNorm, ReLU) into that transpose, whose N-strided reads then miss the cache;
-# summing the gradient over batch chunks keeps each transpose in cache. ResNet-20's training step
-# at batch 128 ran 0.65-0.83x as long with chunks of 16 (the gain grows with machine load); on the
-# idle machine chunks of 8 were another 7 % faster than 16 (421 vs 455 ms, medians of 10
-# interleaved rounds) and equal for LeNet-5 (16.0 vs 15.6 ms); 4 was slower (2-core EPYC;
-# experiments/BENCHMARKS.md, "Faster CPU path").
-_CPU_WEIGHT_GRAD_BATCH_CHUNK = 8
-_CPU_WEIGHT_GRAD_MAX_CHUNKS = 16
-
-
-def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
+def _conv_general_dilated(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
     """``lax.conv_general_dilated`` accumulating in float32 (or wider), rounded once to lhs's dtype.
 
     On accelerators a float16/bfloat16 conv may otherwise accumulate in its own dtype; this also
-    fixes the dtype of JAX's transpose rules for ``impl="xla"``.
+    fixes the dtype of JAX's transpose rules for ``impl="xla"``. (Through
+    :func:`cnnjax.ops.xla_cpu.conv_general_dilated`: its one-feature guard.)
     """
     acc = accumulation_dtype(lhs.dtype)
     wide = None if acc == lhs.dtype else acc
-    conv = functools.partial(lax.conv_general_dilated, *args, preferred_element_type=wide, **kwargs)
-    dn = kwargs["dimension_numbers"]
-    if lhs.shape[dn.lhs_spec[1]] == 1 and rhs.shape[dn.rhs_spec[0]] == 1:
-        # XLA:CPU bug (see _conv_two_output_features): on CPU only, compute with two outputs.
-        y = lax.platform_dependent(
-            lhs, rhs, cpu=functools.partial(_conv_two_output_features, conv, dn), default=conv
-        )
-    else:
-        y = conv(lhs, rhs)
-    return y.astype(lhs.dtype)
-
-
-def _conv_two_output_features(conv, dn: lax.ConvDimensionNumbers, lhs, rhs) -> jax.Array:
-    """``conv(lhs, rhs)`` for one input and one output feature, run with a zero second output.
-
-    Works around an XLA:CPU bug (jax 0.10.2): a convolution that XLA emits as its loop kernel
-    rather than Eigen (every float64 one; float32 ones with an operand of at most 8 bytes or
-    non-NHWC dimension numbers) and that has exactly one input and one output feature is
-    vectorised by LLVM across output positions with *plain* vector loads of the input at padded
-    (out-of-range) positions; the padded lanes are masked only afterwards. With enough padding
-    those loads leave the mapped memory and the process dies with SIGSEGV, e.g.
-    ``x (1, 10**6, 1)``, ``w (1, 1, 1)``, padding 1000. With two output features XLA emits
-    masked (fault-free) loads instead, and every convolution that autodiff derives from this
-    one has a feature count of 2 as well.
-    The extra output is zeros and is sliced off, so values and gradients are unchanged.
-    See docs/gradients.md (XLA limits) for the probes.
-    """
-    out_axis, zero = dn.rhs_spec[0], jnp.zeros_like(rhs)
-    y = conv(lhs, jnp.concatenate([rhs, zero], axis=out_axis))
-    return lax.slice_in_dim(y, 0, 1, axis=dn.out_spec[1])
+    return conv_general_dilated(lhs, rhs, preferred_element_type=wide, **kwargs).astype(lhs.dtype)
 
 
 def _swap_in_out_per_group(w: jax.Array, groups: int) -> jax.Array:

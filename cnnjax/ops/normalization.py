@@ -28,7 +28,7 @@ from cnnjax.ops._common import (
     conv_dimension_numbers,
     spatial_ndim,
 )
-from cnnjax.ops.conv import _conv_general_dilated
+from cnnjax.ops.xla_cpu import conv_general_dilated
 
 __all__ = ["local_contrast_norm", "local_response_norm"]
 
@@ -73,7 +73,7 @@ def local_response_norm(
         included).
     """
     check_impl(impl, "local_response_norm")
-    x = _floating("local_response_norm", x)
+    x = as_floating("local_response_norm", x)
     spatial_ndim(x, op="local_response_norm")
     if isinstance(size, bool) or not isinstance(size, int | np.integer):
         raise TypeError(f"local_response_norm: size must be an int >= 1, got {size!r}")
@@ -157,7 +157,7 @@ def local_contrast_norm(
         float32 and rounded once.
     """
     check_impl(impl, "local_contrast_norm")
-    x = _floating("local_contrast_norm", x)
+    x = as_floating("local_contrast_norm", x)
     nd = spatial_ndim(x, op="local_contrast_norm")
     if isinstance(size, bool) or not isinstance(size, int | np.integer):
         raise TypeError(f"local_contrast_norm: size must be an odd int >= 1, got {size!r}")
@@ -197,10 +197,6 @@ def local_contrast_norm(
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _floating(op: str, x) -> jax.Array:
-    return as_floating(op, x)
 
 
 def _number(op: str, name: str, value) -> float:
@@ -378,9 +374,9 @@ def _lcn_xla(x: jax.Array, cfg: _LcnConfig) -> jax.Array:
     dims = conv_dimension_numbers(cfg.ndim)
 
     def weighted_sum(a: jax.Array) -> jax.Array:
-        # conv.py's wrapper: with C = 1 this is a one-in/one-out-feature conv, which XLA:CPU
-        # can fault on with a wide padding (see _conv_two_output_features).
-        return _conv_general_dilated(
+        # With C = 1 this is a one-in/one-out-feature conv, which XLA:CPU can fault on with a
+        # wide padding: the guarded lax call. x is already in its accumulation dtype.
+        return conv_general_dilated(
             a,
             kernel,
             window_strides=(1,) * cfg.ndim,

@@ -79,9 +79,7 @@ def max_unpool(
     """
     check_impl(impl)
     y = jnp.asarray(y)
-    # Checked on the argument as given: under jit, jnp.asarray of a NumPy constant is staged
-    # (a tracer), but the values are still known here.
-    known = None if isinstance(indices, jax.core.Tracer) else np.asarray(indices)
+    known = _known_values(indices)
     indices = jnp.asarray(indices)
     cfg = _unpool_config(y, indices, window, stride, padding, output_shape)
     if known is not None and known.size:
@@ -96,6 +94,18 @@ def max_unpool(
     if impl == "xla":
         return _unpool_scatter(y, indices, cfg)
     return call_custom_vjp("max_unpool", _max_unpool_jit, y, indices, cfg)
+
+
+def _known_values(indices) -> np.ndarray | None:
+    """The values of ``indices`` when they are known at trace time, else ``None`` (a tracer).
+
+    Taken from the argument as given: under jit, ``jnp.asarray`` of a NumPy constant is staged
+    (a tracer), but the values are still known here.
+    """
+    try:
+        return np.asarray(indices)
+    except jax.errors.TracerArrayConversionError:
+        return None
 
 
 class _UnpoolConfig(NamedTuple):
