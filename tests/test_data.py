@@ -9,14 +9,15 @@ from cnnjax.data import (
     AugmentConfig,
     batches,
     crop,
-    device_augment,
+    device_crop_flip,
+    device_normalize,
     fit_images,
     flip_horizontal,
     load_dataset,
     normalize,
     num_batches,
     prefetch_to_device,
-    random_crop,
+    sample_augment_params,
 )
 
 
@@ -196,7 +197,8 @@ def test_batch_size_must_split_over_processes(digits):
 def test_augmentation_functions():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 6, 6, 2), dtype=np.uint8)
-    out = random_crop(images, rng, padding=2)
+    params = sample_augment_params(rng, 5, (6, 6), size=(6, 6), padding=2, flip=False)
+    out = crop(images, params["offsets"], (6, 6), padding=2)
     assert out.shape == images.shape and out.dtype == np.uint8
     # Offset (padding, padding) of the padded image is the identity crop.
     np.testing.assert_array_equal(crop(images, np.full((5, 2), 2), (6, 6), padding=2), images)
@@ -208,16 +210,14 @@ def test_augmentation_functions():
     assert fit_images(images, 12, "resize").shape == (5, 12, 12, 2)
 
 
-def test_device_augment_without_randomness_matches_host_normalize():
-    import jax
-
+def test_device_identity_crop_then_normalize_matches_host_normalize():
     images = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 2), dtype=np.uint8)
     mean, std = (0.5, 0.25), (0.2, 0.3)
-    out = device_augment(jax.random.PRNGKey(0), images, mean=mean, std=std)
+    same = device_crop_flip(images, np.ones((3, 2), np.int32), None, size=(4, 4), padding=1)
+    np.testing.assert_array_equal(np.asarray(same), images)
+    out = device_normalize(same, mean, std)
     assert out.dtype == np.float32
     np.testing.assert_allclose(np.asarray(out), normalize(images, mean, std), rtol=1e-6)
-    padded = device_augment(jax.random.PRNGKey(1), images, mean=mean, std=std, padding=1)
-    assert padded.shape == images.shape
 
 
 def test_prefetch_preserves_order_and_reraises():

@@ -14,13 +14,10 @@ every global batch; augmentation is a set of pure functions (host NumPy or devic
 from cnnjax.data.augment import (
     center_crop,
     crop,
-    device_augment,
     device_crop_flip,
     device_normalize,
     flip_horizontal,
     normalize,
-    random_crop,
-    random_flip,
     sample_augment_params,
 )
 from cnnjax.data.classes import load_class_names, save_class_names
@@ -56,7 +53,6 @@ __all__ = [
     "center_crop",
     "check_labels",
     "crop",
-    "device_augment",
     "device_crop_flip",
     "device_normalize",
     "device_preprocess",
@@ -69,8 +65,6 @@ __all__ = [
     "normalize",
     "num_batches",
     "prefetch_to_device",
-    "random_crop",
-    "random_flip",
     "sample_augment_params",
     "save_class_names",
     "stratified_split",

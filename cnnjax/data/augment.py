@@ -1,20 +1,16 @@
 """Pure augmentation and normalisation functions, each in a host (NumPy) and a device (JAX) form.
 
-Every function takes and returns ``(N, H, W, C)`` batches. The host forms take their randomness
-as explicit arrays (crop offsets, flip flags) so that the pipeline can draw them once for the
-*global* batch and hand each process its slice: a two-process run then augments every example
-exactly as a one-process run does. The device forms take a ``jax.random`` key and run inside the
-jitted step (see ``cnnjax.train.steps.train_step(augment=...)``); under ``pmap``/``shard_map``
-each device folds its axis index into the key, so device augmentation does not reproduce the
-single-device run bit-for-bit.
+Every function takes and returns ``(N, H, W, C)`` batches, and takes its randomness as explicit
+arrays (crop offsets, flip flags) so that the pipeline can draw them once for the *global* batch
+and hand each process its slice: a two-process run then augments every example exactly as a
+one-process run does.
 
 Which to use: :func:`device_crop_flip` is the exact twin of :func:`crop` + :func:`flip_horizontal`
 for randomness drawn on the host (:func:`sample_augment_params`), so the training pipeline
 (``cnnjax.data.pipeline``) can ship raw ``uint8`` images (4x less host-to-device traffic than
-float32) with their crop offsets and flip flags and let the step crop, flip and normalise: the
-batches are those of host augmentation, whatever the device count. ``augment.on_device``
-(default: on for in-memory data) chooses. :func:`device_augment` draws its own randomness from a
-``jax.random`` key instead (handy inside a custom step; not the host stream).
+float32) with their crop offsets and flip flags and let the jitted step crop, flip and normalise
+(``cnnjax.data.device_preprocess``): the batches are those of host augmentation, whatever the
+device count. ``augment.on_device`` (default: on for in-memory data) chooses.
 
 Segmentation masks ``(N, H, W)`` go through :func:`crop` / :func:`flip_horizontal` /
 :func:`device_crop_flip` with the image's offsets and flags; their padding is ``fill``
@@ -37,13 +33,10 @@ __all__ = [
     "center_crop",
     "check_augment_geometry",
     "crop",
-    "device_augment",
     "device_crop_flip",
     "device_normalize",
     "flip_horizontal",
     "normalize",
-    "random_crop",
-    "random_flip",
     "sample_augment_params",
 ]
 
@@ -158,26 +151,6 @@ def sample_augment_params(
     return {"offsets": offsets, "flips": flips}
 
 
-def random_crop(
-    images: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    padding: int = 4,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Random ``size`` crop (default: the input size) of the image padded by ``padding`` zeros."""
-    size = size or tuple(images.shape[1:3])
-    p = sample_augment_params(
-        rng, len(images), images.shape[1:3], size=size, padding=padding, flip=False
-    )
-    return crop(images, p["offsets"], size, padding)
-
-
-def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mirror each image horizontally with probability 1/2."""
-    return flip_horizontal(images, rng.random(len(images)) < 0.5)
-
-
 # ---------------------------------------------------------------------------------------------
 # Device (JAX) forms, used inside the jitted step.
 
@@ -228,31 +201,3 @@ def device_crop_flip(
         return images
     where = flips.reshape(-1, *(1,) * (images.ndim - 1))
     return jnp.where(where, images[:, :, ::-1], images)
-
-
-def device_augment(
-    key: jax.Array,
-    images: jax.Array,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    padding: int = 0,
-    flip: bool = False,
-    size: tuple[int, int] | None = None,
-) -> jax.Array:
-    """Random crop (zero padding ``padding``) + optional flip + normalisation, on device, with
-    randomness drawn from ``key`` (the training pipeline draws it on the host instead and uses
-    :func:`device_crop_flip`).
-
-    ``(N, H, W, C)`` raw 0-255 images → float32 ``(N, size[0], size[1], C)``. Raw images are
-    zero-padded before normalisation, exactly as the host pipeline does.
-    """
-    n, h, w, _ = images.shape
-    size = size or (h, w)
-    k_row, k_col, k_flip = jax.random.split(key, 3)
-    rows = jax.random.randint(k_row, (n,), 0, h + 2 * padding - size[0] + 1)
-    cols = jax.random.randint(k_col, (n,), 0, w + 2 * padding - size[1] + 1)
-    flips = jax.random.bernoulli(k_flip, 0.5, (n,)) if flip else None
-    offsets = jnp.stack([rows, cols], axis=1)
-    images = device_crop_flip(images, offsets, flips, size=size, padding=padding)
-    return device_normalize(images, mean, std)

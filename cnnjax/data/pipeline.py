@@ -51,11 +51,10 @@ from cnnjax.data.augment import (
     normalize,
     sample_augment_params,
 )
-from cnnjax.data.sources import ArraySource, Dataset, Source, check_labels
-
-IGNORE_INDEX = 255  # per-pixel label of unlabelled pixels (segmentation; cnnjax.train.tasks)
+from cnnjax.data.dataset import IGNORE_INDEX, ArraySource, Dataset, Source, check_labels
 
 __all__ = [
+    "IGNORE_INDEX",
     "AugmentConfig",
     "batches",
     "default_workers",

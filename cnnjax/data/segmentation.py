@@ -25,8 +25,15 @@ import os
 
 import numpy as np
 
-from cnnjax.data.pipeline import IGNORE_INDEX
-from cnnjax.data.sources import TFDSSource
+from cnnjax.data.dataset import (
+    IGNORE_INDEX,
+    ArraySource,
+    Dataset,
+    TFDSSource,
+    open_tfds_split,
+    sampled_stats,
+)
+from cnnjax.data.digits import load_digits
 
 __all__ = [
     "BACKGROUND",
@@ -74,9 +81,7 @@ def make_scenes(
 
 def load_digits_seg():
     """The ``digits_seg`` :class:`cnnjax.data.Dataset` (see the module docstring)."""
-    from cnnjax.data.sources import ArraySource, Dataset, _load_digits
-
-    digits = _load_digits(DIGIT_SIZE, "resize")
+    digits = load_digits(DIGIT_SIZE, "resize")
     splits = {}
     for seed, (name, count) in enumerate((("train", NUM_TRAIN), ("test", NUM_TEST))):
         source = getattr(digits, name)
@@ -186,8 +191,6 @@ def load_oxford_iiit_pet_seg(
     --file_format=array_record``, about 800 MB download): otherwise ``FileNotFoundError``
     saying so.
     """
-    from cnnjax.data.sources import Dataset, _stats, open_tfds_split
-
     if resize_mode == "pad":
         raise ValueError(
             "oxford_iiit_pet_seg images vary in size and are always resized (bilinear image, "
@@ -199,8 +202,7 @@ def load_oxford_iiit_pet_seg(
     data_dir = None if data_dir is None else os.fspath(data_dir)
     train = PetSegmentationSource(open_tfds_split("oxford_iiit_pet", data_dir, "train"), size)
     test = PetSegmentationSource(open_tfds_split("oxford_iiit_pet", data_dir, "test"), size)
-    sample = np.linspace(0, len(train) - 1, min(len(train), PET_STATS_SAMPLE)).astype(int)
-    mean, std = _stats(train.get(sample)[0])
+    mean, std = sampled_stats(train, PET_STATS_SAMPLE)
     return Dataset(
         name="oxford_iiit_pet_seg",
         train=train,

@@ -39,23 +39,36 @@ bilinearly (images of varying size are first resized on the shorter side and cen
 Class names (``Dataset.class_names``) are ``"0"``..``"9"`` for digits, the TFDS label names,
 the npz ``class_names`` array, or the folder names (``None`` for synthetic data).
 
-Every split is a :class:`Source`: ``len(source)`` and ``source.get(indices) -> (images, labels)``.
+Every split is a :class:`Source` (:mod:`cnnjax.data.dataset`, re-exported here): ``len(source)``
+and ``source.get(indices) -> (images, labels)``.
 Per-channel ``mean``/``std`` (``[0, 1]`` scale) come from the published values for the TFDS sets
 and are computed from the training split for the others.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import difflib
 import os
 import pathlib
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
 import numpy as np
 
+from cnnjax.data.dataset import (
+    IGNORE_INDEX,
+    ArraySource,
+    Dataset,
+    Source,
+    TFDSSource,
+    check_labels,
+    fit_images,
+    from_arrays,
+    open_tfds_split,
+    sampled_stats,
+)
+from cnnjax.data.digits import load_digits
+from cnnjax.data.segmentation import load_digits_seg, load_oxford_iiit_pet_seg
 from cnnjax.data.validate import (
     NPZ_HOWTO,
     find_bad_images,
@@ -66,11 +79,13 @@ from cnnjax.data.validate import (
 )
 
 __all__ = [
+    "IGNORE_INDEX",
     "ArraySource",
     "Dataset",
     "FolderSource",
     "Source",
     "TFDSSource",
+    "check_labels",
     "fit_images",
     "list_datasets",
     "load_dataset",
@@ -91,49 +106,6 @@ _TFDS_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 _BUILTIN = ("digits", "digits_seg", "oxford_iiit_pet_seg", "synthetic", "npz:PATH", "folder:PATH")
-
-
-class Source(Protocol):
-    """A random-access split: ``len(source)`` examples, ``get(indices)`` → a batch."""
-
-    def __len__(self) -> int: ...
-
-    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(n,)`` indices → ``uint8`` images ``(n, H, W, C)`` and ``int32`` labels ``(n,)``."""
-        ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A named data set: two :class:`Source` splits and what a model needs to know about them.
-
-    ``image_shape`` is ``(H, W, C)`` of what ``get`` returns; ``mean``/``std`` are per channel on
-    the ``[0, 1]`` scale; ``class_names`` has ``num_classes`` entries, or is ``None``.
-    """
-
-    name: str
-    train: Source
-    test: Source
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str = ""
-    class_names: tuple[str, ...] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ArraySource:
-    """In-memory split: ``images`` ``(N, H, W, C)`` uint8 and ``labels`` ``(N,)`` int32."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.images[indices], self.labels[indices]
 
 
 class FolderSource:
@@ -168,37 +140,6 @@ class FolderSource:
         return np.stack([self._load(int(i)) for i in indices]), self.labels[indices]
 
 
-class TFDSSource:
-    """A TFDS split read by ``tfds.data_source`` and decoded by a ``grain.MapDataset``.
-
-    :meth:`decode` turns one record into ``(image, label)``; subclasses override it for other
-    features (:class:`cnnjax.data.segmentation.PetSegmentationSource`: per-pixel masks)."""
-
-    def __init__(self, data_source, fit: Callable[[np.ndarray], np.ndarray], threads: int = 8):
-        import grain
-
-        self._fit = fit
-        self._dataset = grain.MapDataset.source(data_source).map(self.decode)
-        self._threads = threads
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-    def decode(self, record) -> tuple[np.ndarray, np.ndarray]:
-        """``record["image"]`` fitted by ``fit`` (uint8 ``(H, W, C)``), ``record["label"]``."""
-        image = np.asarray(record["image"], np.uint8)
-        image = image[..., None] if image.ndim == 2 else image
-        return self._fit(image), np.int32(record["label"])
-
-    def __len__(self) -> int:
-        return len(self._dataset)
-
-    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # ArrayRecord reads and image decoding release the GIL: a few threads keep up with a step.
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self._threads)
-        items = list(self._pool.map(self._dataset.__getitem__, (int(i) for i in indices)))
-        return np.stack([x for x, _ in items]), np.array([y for _, y in items], np.int32)
-
-
 def list_datasets() -> list[str]:
     """Built-in names, the ``npz:``/``folder:`` forms, and TFDS names with known statistics."""
     return [*_BUILTIN, *sorted(_TFDS_STATS)]
@@ -228,14 +169,10 @@ def load_dataset(
     if resize_mode not in ("auto", "pad", "resize"):
         raise ValueError(f'resize_mode must be "auto", "pad" or "resize", got {resize_mode!r}')
     if name == "digits":
-        ds = _load_digits(image_size or 32, resize_mode)
+        ds = load_digits(image_size or 32, resize_mode)
     elif name == "digits_seg":  # per-pixel labels: cnnjax/data/segmentation.py
-        from cnnjax.data.segmentation import load_digits_seg
-
         ds = load_digits_seg()
     elif name == "oxford_iiit_pet_seg":  # trimaps as per-pixel labels: data/segmentation.py
-        from cnnjax.data.segmentation import load_oxford_iiit_pet_seg
-
         ds = load_oxford_iiit_pet_seg(data_dir, image_size, resize_mode)
     elif name == "synthetic" or name.startswith("synthetic:"):
         ds = _load_synthetic(name, image_size, num_classes or 10, seed)
@@ -264,105 +201,6 @@ def load_dataset(
             )
         ds = dataclasses.replace(ds, num_classes=num_classes)
     return ds
-
-
-def check_labels(
-    labels: np.ndarray, num_classes: int, where: str, *, ignore_index: int | None = None
-) -> None:
-    """Raise a ``ValueError`` naming the first label outside ``[0, num_classes)``.
-
-    ``labels`` is ``(N,)`` (one per example) or ``(N, H, W)`` (per pixel, segmentation); there
-    ``ignore_index`` (unlabelled pixels) is allowed too."""
-    if labels.size == 0:
-        return
-    bad = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        bad &= labels != ignore_index
-    bad = np.flatnonzero(bad)
-    if bad.size:
-        example, *pixel = np.unravel_index(bad[0], labels.shape)
-        at = f" pixel {tuple(int(i) for i in pixel)}" if pixel else ""
-        raise ValueError(
-            f"label {int(labels.flat[bad[0]])} (example {int(example)}{at} of the {where}) is "
-            "out of range "
-            f"for num_classes={num_classes}; labels must lie in [0, {num_classes}). "
-            "Set num_classes to cover every label."
-        )
-
-
-def fit_images(images: np.ndarray, size: int | None, mode: str = "auto") -> np.ndarray:
-    """Fit ``(N, H, W, C)`` ``uint8`` images to ``size × size`` (see the module docstring)."""
-    if size is None or images.shape[1:3] == (size, size):
-        return images
-    h, w = images.shape[1:3]
-    if mode == "pad" or (mode == "auto" and h == w and 0 < size - h <= 8):
-        if h > size or w > size:
-            raise ValueError(f"cannot pad {h}×{w} images to {size}×{size}: use resize_mode=resize")
-        top, left = (size - h) // 2, (size - w) // 2
-        return np.pad(images, ((0, 0), (top, size - h - top), (left, size - w - left), (0, 0)))
-    return np.stack([_resize_one(image, size) for image in images])
-
-
-def _resize_one(image: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of one ``(H, W, C)`` uint8 image: shorter side to ``size``, centre crop."""
-    from PIL import Image
-
-    h, w, c = image.shape
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    channels = []
-    for k in range(c):  # mode "F" resamples one float channel at full precision
-        img = Image.fromarray(image[..., k].astype(np.float32), mode="F")
-        channels.append(np.asarray(img.resize((new_w, new_h), Image.Resampling.BILINEAR)))
-    out = np.stack(channels, axis=-1)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    out = out[top : top + size, left : left + size]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return tuple(float(m) for m in x.mean(0)), tuple(float(s) or 1.0 for s in x.std(0))
-
-
-def _from_arrays(
-    name, x_train, y_train, x_test, y_test, description, num_classes, class_names=None
-) -> Dataset:
-    """A :class:`Dataset` of two :class:`ArraySource` splits (arrays already validated)."""
-    mean, std = _stats(x_train)
-    return Dataset(
-        name=name,
-        train=ArraySource(x_train, y_train),
-        test=ArraySource(x_test, y_test),
-        num_classes=num_classes,
-        image_shape=tuple(x_train.shape[1:]),
-        mean=mean,
-        std=std,
-        description=description,
-        class_names=class_names,
-    )
-
-
-def _load_digits(image_size: int, resize_mode: str) -> Dataset:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    images = fit_images(images, image_size, "resize" if resize_mode == "auto" else resize_mode)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, digits.target, test_size=450, stratify=digits.target, random_state=0
-    )
-    return _from_arrays(
-        "digits",
-        x_train,
-        y_train.astype(np.int32),
-        x_test,
-        y_test.astype(np.int32),
-        "sklearn load_digits, 1347 train / 450 test",
-        num_classes=10,
-        class_names=tuple(str(d) for d in range(10)),
-    )
 
 
 def _load_synthetic(name: str, image_size, num_classes: int, seed: int) -> Dataset:
@@ -426,7 +264,7 @@ def _load_npz(path: str, image_size, resize_mode: str, num_classes: int | None) 
             f"{file}: x_train images {arrays['x_train'].shape} and x_test images "
             f"{arrays['x_test'].shape} differ in size; set image_size to fit both"
         )
-    return _from_arrays(
+    return from_arrays(
         f"npz:{path}", x_train, y_train, x_test, y_test, f"arrays from {file}", k, names
     )
 
@@ -527,8 +365,7 @@ def _load_folder(
     size = (image_size, image_size) if image_size else native
     train = FolderSource(train_paths, train_labels, mode, size)
     test = FolderSource(test_paths, test_labels, mode, size)
-    sample = np.linspace(0, len(train) - 1, min(len(train), 256)).astype(int)
-    mean, std = _stats(train.get(sample)[0])
+    mean, std = sampled_stats(train)
     split = f", val_split {val_split} (seed {seed})" if val_split is not None else ""
     return Dataset(
         name=f"folder:{path}",
@@ -643,27 +480,6 @@ def _drop_bad(paths, labels, root, skip: bool, num_train: int):
     return (parts[0][0], parts[1][0]), (parts[0][1], parts[1][1])
 
 
-def open_tfds_split(name: str, data_dir: str | None, *splits: str):
-    """``tfds.data_source`` of the first of ``splits`` that opens (no download), else a
-    ``FileNotFoundError`` that says how to prepare ``name`` once."""
-    import tensorflow_datasets as tfds
-
-    errors = []
-    for split in splits:
-        try:
-            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        except Exception as e:  # tfds raises many types; re-raised below
-            errors.append(f"{split}: {type(e).__name__}: {e}")
-    raise FileNotFoundError(
-        f"TFDS dataset {name!r} is not prepared in ArrayRecord format under "
-        f"{data_dir or tfds.core.constants.DATA_DIR!r}. Prepare it once with internet access "
-        f"(tfds build {name} --file_format=array_record"
-        + (" --manual_dir=DIR" if name.startswith("imagenet") else "")
-        + ") and pass --set data_dir=... . Details: "
-        + " | ".join(e.splitlines()[0] for e in errors)
-    )
-
-
 def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
     import tensorflow_datasets as tfds
 
@@ -698,8 +514,7 @@ def _load_tfds(name: str, data_dir, image_size, resize_mode: str) -> Dataset:
     if name in _TFDS_STATS:
         mean, std = _TFDS_STATS[name]
     else:
-        sample = np.linspace(0, len(train) - 1, min(len(train), 256)).astype(int)
-        mean, std = _stats(train.get(sample)[0])
+        mean, std = sampled_stats(train)
     return Dataset(
         name=name,
         train=train,
