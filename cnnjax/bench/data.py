@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import time
 
 import jax
 
@@ -69,9 +68,45 @@ def run(
     loads with ``val_split`` (default 0.1) held out. Raises ValueError on bad sizes or augment
     geometry (see :func:`cnnjax.data.augment.check_augment_geometry`).
     """
-    from cnnjax.data import AugmentConfig, batches, device_preprocess, load_dataset
+    from cnnjax.data import AugmentConfig, device_preprocess
     from cnnjax.data.augment import check_augment_geometry
 
+    _check_counts(batch, steps, repeats, warmup, image_size, workers, places)
+    dataset = _load_train(dataset_name, image_size, val_split, skip_bad_files)
+    if len(dataset.train) < batch:
+        raise ValueError(
+            f"bench data: --batch {batch} is larger than the training split "
+            f"({len(dataset.train)} examples)"
+        )
+    names = {"padding": "--padding", "crop_size": "--crop-size"}
+    check_augment_geometry(padding, crop_size, dataset.image_shape[:2], names=names)
+    augment = AugmentConfig(padding, flip, crop_size)
+    finish = jax.jit(
+        functools.partial(device_preprocess, augment=augment, mean=dataset.mean, std=dataset.std)
+    )
+    variant = functools.partial(_variant, dataset, batch, augment, finish)
+    variants = {(p, w): variant(p, w) for p in places for w in workers}
+    bar = progress_bar(len(variants) * (repeats + 1), f"bench data {dataset_name}", "round")
+    for fn in variants.values():
+        fn(max(warmup, 1), repeats)  # compiles the device variant (epochs of no round)
+        bar.update(1)
+    blocks = {key: functools.partial(fn, steps) for key, fn in variants.items()}
+    times = report.time_rotating_rounds(blocks, repeats, done=lambda: bar.update(1))
+    bar.close()
+    meta = report.machine_meta()
+    meta.update(
+        dataset=dataset_name,
+        image_shape=list(dataset.image_shape),
+        batch=batch,
+        steps=steps,
+        repeats=repeats,
+        augment={"padding": padding, "flip": flip, "crop_size": crop_size},
+    )
+    return {"meta": meta, "results": _rows(times, batch, steps)}
+
+
+def _check_counts(batch, steps, repeats, warmup, image_size, workers, places) -> None:
+    """ValueError naming the flag of the first count out of range."""
     for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"bench data: --{name} must be >= 1, got {value}")
@@ -84,70 +119,54 @@ def run(
     unknown = set(places) - {"host", "device"}
     if unknown or not places:
         raise ValueError(f"bench data: --augment-on must be host and/or device, got {places}")
+
+
+def _load_train(dataset_name: str, image_size, val_split, skip_bad_files: bool):
+    """The data set; a folder of class folders only holds out the default fraction 0.1 (only
+    the train split is timed)."""
+    from cnnjax.data import load_dataset
+
+    load = functools.partial(
+        load_dataset, dataset_name, image_size=image_size, skip_bad_files=skip_bad_files
+    )
     try:
-        dataset = load_dataset(
-            dataset_name,
-            image_size=image_size,
-            val_split=val_split,
-            skip_bad_files=skip_bad_files,
-        )
+        return load(val_split=val_split)
     except ValueError as e:
         if val_split is not None or "has no test split" not in str(e):
             raise
-        # A folder of class folders only: hold out the default fraction (only train is timed).
-        dataset = load_dataset(
-            dataset_name, image_size=image_size, val_split=0.1, skip_bad_files=skip_bad_files
-        )
-    if len(dataset.train) < batch:
-        raise ValueError(
-            f"bench data: --batch {batch} is larger than the training split "
-            f"({len(dataset.train)} examples)"
-        )
-    names = {"padding": "--padding", "crop_size": "--crop-size"}
-    check_augment_geometry(padding, crop_size, dataset.image_shape[:2], names=names)
-    augment = AugmentConfig(padding, flip, crop_size)
-    finish = jax.jit(
-        functools.partial(device_preprocess, augment=augment, mean=dataset.mean, std=dataset.std)
+        return load(val_split=0.1)
+
+
+def _variant(dataset, batch: int, augment, finish, place: str, count: int):
+    """``timed(n, round_index)``: ``n`` batches of the ``place`` variant with ``count`` workers,
+    on the device (``finish``: the jitted device preprocessing), from epochs of that round."""
+    from cnnjax.data import batches
+
+    on_device = place == "device"
+    open_epoch = functools.partial(
+        batches,
+        dataset,
+        batch_size=batch,
+        train=True,
+        augment=augment,
+        normalize_images=not on_device,
+        defer_augment=on_device,
+        workers=count,
     )
 
-    def variant(place: str, count: int):
-        on_device = place == "device"
-        open_epoch = functools.partial(
-            batches,
-            dataset,
-            batch_size=batch,
-            train=True,
-            augment=augment,
-            normalize_images=not on_device,
-            defer_augment=on_device,
-            workers=count,
-        )
+    def timed(n: int, round_index: int) -> None:
+        out = None
+        for b in _take(lambda e: open_epoch(epoch=e), n, 1000 * round_index):
+            out = jax.device_put(b)
+            out = finish(None, out)["image"] if on_device else out["image"]
+        jax.block_until_ready(out)
 
-        def timed(n: int, round_index: int) -> None:
-            out = None
-            for b in _take(lambda e: open_epoch(epoch=e), n, 1000 * round_index):
-                out = jax.device_put(b)
-                out = finish(None, out)["image"] if on_device else out["image"]
-            jax.block_until_ready(out)
+    return timed
 
-        return timed
 
-    variants = {(p, w): variant(p, w) for p in places for w in workers}
-    times = {key: [] for key in variants}
-    bar = progress_bar(len(variants) * (repeats + 1), f"bench data {dataset_name}", "round")
-    for fn in variants.values():
-        fn(max(warmup, 1), repeats)  # compiles the device variant (epochs of no round)
-        bar.update(1)
-    keys = list(variants)
-    for r in range(repeats):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            start = time.perf_counter()
-            variants[key](steps, r)
-            times[key].append(time.perf_counter() - start)
-            bar.update(1)
-    bar.close()
-    first = keys[0]
+def _rows(times: dict, batch: int, steps: int) -> list[dict]:
+    """Table rows: medians per variant, and each variant's speed over the first's."""
+    first = next(iter(times))
     rows = []
     for (place, count), t in times.items():
         batch_s = statistics.median(t) / steps
@@ -161,16 +180,7 @@ def run(
                 "vs_first": ratio,
             }
         )
-    meta = report.machine_meta()
-    meta.update(
-        dataset=dataset_name,
-        image_shape=list(dataset.image_shape),
-        batch=batch,
-        steps=steps,
-        repeats=repeats,
-        augment={"padding": padding, "flip": flip, "crop_size": crop_size},
-    )
-    return {"meta": meta, "results": rows}
+    return rows
 
 
 COLUMNS = (

@@ -30,74 +30,61 @@ class Workload:
     call: Callable  # call(*arrays, impl=...)
 
 
+def _workload(name: str, shapes, op: Callable, *args, **kwargs) -> Workload:
+    """``op(*arrays, *args, impl=impl, **kwargs)`` on arrays of ``shapes``."""
+    return Workload(name, shapes, lambda *arrays, impl: op(*arrays, *args, impl=impl, **kwargs))
+
+
 def workloads(batch: int) -> list[Workload]:
+    """The timed ops: ResNet/AlexNet-like layers at batch ``batch``."""
     n = batch
-    conv = ops.conv
+    image = (n, 56, 56, 64)
     return [
-        Workload(
-            "conv 3x3/1 56x56x64->64",
-            ((n, 56, 56, 64), (3, 3, 64, 64)),
-            lambda x, w, impl: conv(x, w, stride=1, padding=1, impl=impl),
+        _workload(
+            "conv 3x3/1 56x56x64->64", (image, (3, 3, 64, 64)), ops.conv, stride=1, padding=1
         ),
-        Workload(
-            "conv 3x3/2 56x56x64->128",
-            ((n, 56, 56, 64), (3, 3, 64, 128)),
-            lambda x, w, impl: conv(x, w, stride=2, padding=1, impl=impl),
+        _workload(
+            "conv 3x3/2 56x56x64->128", (image, (3, 3, 64, 128)), ops.conv, stride=2, padding=1
         ),
-        Workload(
-            "conv 1x1/1 28x28x256->64",
-            ((n, 28, 28, 256), (1, 1, 256, 64)),
-            lambda x, w, impl: conv(x, w, impl=impl),
-        ),
-        Workload(
+        _workload("conv 1x1/1 28x28x256->64", ((n, 28, 28, 256), (1, 1, 256, 64)), ops.conv),
+        _workload(
             "conv 7x7/2 224x224x3->64",
             ((n, 224, 224, 3), (7, 7, 3, 64)),
-            lambda x, w, impl: conv(x, w, stride=2, padding=3, impl=impl),
+            ops.conv,
+            stride=2,
+            padding=3,
         ),
-        Workload(
+        _workload(
             "depthwise 3x3/1 56x56x128",
             ((n, 56, 56, 128), (3, 3, 1, 128)),
-            lambda x, w, impl: ops.depthwise_conv(x, w, padding=1, impl=impl),
+            ops.depthwise_conv,
+            padding=1,
         ),
-        Workload(
+        _workload(
             "conv_transpose 4x4/2 28x28x128->64",
             ((n, 28, 28, 128), (4, 4, 128, 64)),
-            lambda x, w, impl: ops.conv_transpose(x, w, stride=2, padding=1, impl=impl),
+            ops.conv_transpose,
+            stride=2,
+            padding=1,
         ),
-        Workload(
-            "max_pool 3x3/2 p1 112x112x64",
-            ((n, 112, 112, 64),),
-            lambda x, impl: ops.max_pool(x, 3, 2, padding=1, impl=impl),
+        _workload(
+            "max_pool 3x3/2 p1 112x112x64", ((n, 112, 112, 64),), ops.max_pool, 3, 2, padding=1
         ),
-        Workload(
-            "max_pool 2x2/2 56x56x64",
-            ((n, 56, 56, 64),),
-            lambda x, impl: ops.max_pool(x, 2, 2, impl=impl),
-        ),
-        Workload(
-            "avg_pool 3x3/2 p1 56x56x64",
-            ((n, 56, 56, 64),),
-            lambda x, impl: ops.avg_pool(x, 3, 2, padding=1, impl=impl),
-        ),
-        Workload(
-            "lp_pool p=2 2x2/2 56x56x64",
-            ((n, 56, 56, 64),),
-            lambda x, impl: ops.lp_pool(x, 2.0, 2, impl=impl),
-        ),
-        Workload(
-            "global_avg_pool 7x7x512",
-            ((n, 7, 7, 512),),
-            lambda x, impl: ops.global_avg_pool(x, impl=impl),
-        ),
-        Workload(
+        _workload("max_pool 2x2/2 56x56x64", (image,), ops.max_pool, 2, 2),
+        _workload("avg_pool 3x3/2 p1 56x56x64", (image,), ops.avg_pool, 3, 2, padding=1),
+        _workload("lp_pool p=2 2x2/2 56x56x64", (image,), ops.lp_pool, 2.0, 2),
+        _workload("global_avg_pool 7x7x512", ((n, 7, 7, 512),), ops.global_avg_pool),
+        _workload(
             "local_response_norm n=5 27x27x96",
             ((n, 27, 27, 96),),
-            lambda x, impl: ops.local_response_norm(x, 5, 1e-4, 0.75, 2.0, impl=impl),
+            ops.local_response_norm,
+            5,
+            1e-4,
+            0.75,
+            2.0,
         ),
-        Workload(
-            "local_contrast_norm 9x9 32x32x16",
-            ((n, 32, 32, 16),),
-            lambda x, impl: ops.local_contrast_norm(x, 9, impl=impl),
+        _workload(
+            "local_contrast_norm 9x9 32x32x16", ((n, 32, 32, 16),), ops.local_contrast_norm, 9
         ),
     ]
 

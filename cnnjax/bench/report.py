@@ -10,7 +10,8 @@ import pathlib
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
 
 import jax
 
@@ -21,6 +22,7 @@ __all__ = [
     "machine_meta",
     "peak_device_memory_mb",
     "split_list",
+    "time_rotating_rounds",
 ]
 
 
@@ -52,6 +54,33 @@ def peak_device_memory_mb() -> float | None:
     if not stats or "peak_bytes_in_use" not in stats:
         return None
     return stats["peak_bytes_in_use"] / 2**20
+
+
+def time_rotating_rounds(
+    blocks: dict[Hashable, Callable[[int], None]],
+    repeats: int,
+    *,
+    settle_s: float = 0.0,
+    done: Callable[[], None] = lambda: None,
+) -> dict[Hashable, list[float]]:
+    """Seconds of each ``blocks[key](round)`` call, ``repeats`` rounds of every block.
+
+    The order rotates by one block from round to round, so that machine load falls on all
+    alike; ``settle_s`` is slept before each block and ``done()`` called after it, both outside
+    the timed span.
+    """
+    keys = list(blocks)
+    times: dict[Hashable, list[float]] = {key: [] for key in keys}
+    for r in range(repeats):
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            if settle_s:
+                time.sleep(settle_s)
+            start = time.perf_counter()
+            blocks[key](r)
+            times[key].append(time.perf_counter() - start)
+            done()
+    return times
 
 
 def split_list(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:

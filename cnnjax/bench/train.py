@@ -33,9 +33,9 @@ from cnnjax.progress import progress_bar
 __all__ = ["Variant", "jax_variant", "run", "run_from_args", "torch_variant"]
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
-# Pause before each timed block so the previous variant's worker threads go idle first: timed
-# right after the PyTorch twin, LeNet-5's JAX step ran ~1.2x as long (its OpenMP workers keep
-# spinning), so custom/xla read 1.21 with torch in the rotation and 1.007 without (21 rounds).
+# Pause before each timed block so the previous variant's worker threads go idle first: the
+# PyTorch twin's OpenMP workers keep spinning after its block and slow whichever variant is
+# timed next (experiments/BENCHMARKS.md, "CPU convolution library and huge-page malloc").
 SETTLE_S = 0.2
 
 
@@ -151,27 +151,13 @@ def torch_variant(
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     if dtype == "bfloat16" and device == "cpu":
         return None  # CPU bf16 autocast is not what a user would time against
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # cuDNN autotuning, as XLA autotunes its convs
     images, labels = _synthetic_batch(batch, shape, num_classes)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.from_numpy(labels).long().to(device)
     net = net.to(device)
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay}],
-        lr=LR,
-        momentum=MOMENTUM,
-    )
-    autocast = dtype == "bfloat16"
-    if device == "cuda":
-        torch.backends.cudnn.benchmark = True  # cuDNN autotuning, as XLA autotunes its convs
-
-    def one_step(inputs):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            loss = torch.nn.functional.cross_entropy(net(inputs), y)
-        loss.backward()
-        opt.step()
+    one_step = _torch_step(net, y, device, autocast=dtype == "bfloat16")
 
     def sync():
         if device == "cuda":
@@ -181,7 +167,44 @@ def torch_variant(
     one_step(x)
     sync()
     first_s = time.perf_counter() - start
-    # channels_last where it is faster (it usually is for convs on CPU and with cuDNN).
+    xl, layout_name = _fastest_torch_layout(net, x, one_step, sync)
+
+    def step(n: int) -> None:
+        for _ in range(n):
+            one_step(xl)
+        sync()
+
+    return Variant(f"torch {dtype} {layout_name}", "torch", layout_name, dtype, step, first_s, None)
+
+
+def _torch_step(net, labels, device: str, *, autocast: bool) -> Callable:
+    """One SGD step of ``net`` on an input batch: the paper recipe, as :func:`jax_variant`'s."""
+    import torch
+
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay}],
+        lr=LR,
+        momentum=MOMENTUM,
+    )
+
+    def one_step(inputs):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            loss = torch.nn.functional.cross_entropy(net(inputs), labels)
+        loss.backward()
+        opt.step()
+
+    return one_step
+
+
+def _fastest_torch_layout(net, x, one_step: Callable, sync: Callable):
+    """Move ``net`` to NCHW or channels_last, whichever runs two steps faster; returns the input
+    in that layout and the layout's name (channels_last usually wins for convs on CPU and with
+    cuDNN)."""
+    import torch
+
     timings = {}
     for layout in (torch.contiguous_format, torch.channels_last):
         net.to(memory_format=layout)
@@ -195,15 +218,7 @@ def torch_variant(
         timings[layout] = (time.perf_counter() - start, xl)
     layout = min(timings, key=lambda k: timings[k][0])
     net.to(memory_format=layout)
-    xl = timings[layout][1]
-    layout_name = "channels_last" if layout == torch.channels_last else "NCHW"
-
-    def step(n: int) -> None:
-        for _ in range(n):
-            one_step(xl)
-        sync()
-
-    return Variant(f"torch {dtype} {layout_name}", "torch", layout_name, dtype, step, first_s, None)
+    return timings[layout][1], "channels_last" if layout == torch.channels_last else "NCHW"
 
 
 def run(
@@ -231,31 +246,19 @@ def run(
     ``log`` receives status lines (default: printed on stderr with a progress bar; stdout is
     left to the results); pass ``lambda s: None`` for silence (and no bar).
     """
-    from cnnjax.models import get_model_info
-
     show_bar = log is None
     log = log or functools.partial(print, file=sys.stderr, flush=True)
-
     for name, value in (("batch", batch), ("steps", steps), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"bench train: --{name} must be >= 1, got {value}")
     if warmup < 0:
         raise ValueError(f"bench train: --warmup must be >= 0, got {warmup}")
-    info = get_model_info(model_name)
-    h, _, c = info.input_shape
-    size = image_size or h
-    if size < info.min_input_size:
-        raise ValueError(
-            f"bench train: {model_name} needs --image-size >= {info.min_input_size}, got {size}"
-        )
-    shape = (size, size, c)
-    num_classes = num_classes or info.default_num_classes
+    shape, num_classes = _input_shape(model_name, image_size, num_classes)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if isinstance(cpu_convolutions, str):
         cpu_convolutions = (cpu_convolutions,)
     if jax.default_backend() != "cpu":
         cpu_convolutions = tuple(cpu_convolutions)[:1]
-    jobs = [(dtype, impl, cc) for dtype in dtypes for impl in impls for cc in cpu_convolutions]
     build = functools.partial(
         jax_variant,
         model_name,
@@ -264,33 +267,18 @@ def run(
         shape=shape,
         num_classes=num_classes,
     )
-    log(f"compiling {len(jobs)} JAX variant(s) with {compile_threads} thread(s) ...")
-    # XLA compiles release the GIL: on a many-core host, threads cut the wall time of compiling
-    # several variants (each one's compile_s then includes waiting for a core).
-    with concurrent.futures.ThreadPoolExecutor(max(1, compile_threads)) as pool:
-        futures = {
-            job: pool.submit(build, impl=job[1], dtype=job[0], cpu_convolutions=job[2])
-            for job in jobs
-        }
-        built = {job: f.result() for job, f in futures.items()}
-    variants: list[Variant] = []
-    for dtype in dtypes:
-        for impl in impls:
-            for cc in cpu_convolutions:
-                v = built[(dtype, impl, cc)]
-                log(f"  {v.name}: compiled in {v.compile_s:.1f} s, {v.memory_mb or 0:.0f} MiB")
-                variants.append(v)
-        if use_torch:
-            v = torch_variant(
-                model_name,
-                dtype=dtype,
-                batch=batch,
-                shape=shape,
-                num_classes=num_classes,
-                threads=threads,
-            )
-            if v is not None:
-                variants.append(v)
+    built = _compile_all(build, dtypes, impls, cpu_convolutions, compile_threads, log)
+    twin = None
+    if use_torch:
+        twin = functools.partial(
+            torch_variant,
+            model_name,
+            batch=batch,
+            shape=shape,
+            num_classes=num_classes,
+            threads=threads,
+        )
+    variants = _in_table_order(built, dtypes, impls, cpu_convolutions, twin, log)
     for v in variants:
         if warmup:
             v.step(warmup)
@@ -298,14 +286,7 @@ def run(
     bar = progress_bar(
         repeats * len(variants), f"bench train {model_name}", "round", enabled=show_bar
     )
-    for r in range(repeats):
-        order = variants[r % len(variants) :] + variants[: r % len(variants)]
-        for v in order:
-            time.sleep(SETTLE_S)  # outside the timed span: see SETTLE_S
-            start = time.perf_counter()
-            v.step(steps)
-            v.times.append(time.perf_counter() - start)
-            bar.update(1)  # outside the timed span
+    _time_variants(variants, steps, repeats, done=lambda: bar.update(1))
     bar.close()
     rows = [_row(v, batch, steps) for v in variants]
     _add_ratios(rows)
@@ -323,6 +304,59 @@ def run(
         peak_device_memory_mb=report.peak_device_memory_mb(),
     )
     return {"meta": meta, "results": rows}
+
+
+def _input_shape(model_name: str, image_size: int | None, num_classes: int | None):
+    """``((size, size, C), num_classes)`` for ``model_name`` (its defaults where ``None``)."""
+    from cnnjax.models import get_model_info
+
+    info = get_model_info(model_name)
+    h, _, c = info.input_shape
+    size = image_size or h
+    if size < info.min_input_size:
+        raise ValueError(
+            f"bench train: {model_name} needs --image-size >= {info.min_input_size}, got {size}"
+        )
+    return (size, size, c), num_classes or info.default_num_classes
+
+
+def _compile_all(build, dtypes, impls, cpu_convolutions, compile_threads: int, log) -> dict:
+    """``{(dtype, impl, cpu_convolutions): Variant}``, compiled on ``compile_threads`` threads."""
+    jobs = [(dtype, impl, cc) for dtype in dtypes for impl in impls for cc in cpu_convolutions]
+    log(f"compiling {len(jobs)} JAX variant(s) with {compile_threads} thread(s) ...")
+    # XLA compiles release the GIL: on a many-core host, threads cut the wall time of compiling
+    # several variants (each one's compile_s then includes waiting for a core).
+    with concurrent.futures.ThreadPoolExecutor(max(1, compile_threads)) as pool:
+        futures = {
+            job: pool.submit(build, impl=job[1], dtype=job[0], cpu_convolutions=job[2])
+            for job in jobs
+        }
+        return {job: f.result() for job, f in futures.items()}
+
+
+def _in_table_order(built: dict, dtypes, impls, cpu_convolutions, twin, log) -> list[Variant]:
+    """The compiled JAX variants per dtype, each dtype's PyTorch twin (``twin(dtype=...)``,
+    built here, after its JAX variants) last; logs each JAX variant's compile time."""
+    variants: list[Variant] = []
+    for dtype in dtypes:
+        for impl in impls:
+            for cc in cpu_convolutions:
+                v = built[(dtype, impl, cc)]
+                log(f"  {v.name}: compiled in {v.compile_s:.1f} s, {v.memory_mb or 0:.0f} MiB")
+                variants.append(v)
+        v = None if twin is None else twin(dtype=dtype)
+        if v is not None:
+            variants.append(v)
+    return variants
+
+
+def _time_variants(variants: list[Variant], steps: int, repeats: int, done) -> None:
+    """Append ``repeats`` timings of ``steps`` steps to every variant's ``times`` (rotating
+    rounds, :func:`cnnjax.bench.report.time_rotating_rounds`)."""
+    blocks = {i: (lambda r, v=v: v.step(steps)) for i, v in enumerate(variants)}
+    times = report.time_rotating_rounds(blocks, repeats, settle_s=SETTLE_S, done=done)
+    for i, v in enumerate(variants):
+        v.times.extend(times[i])
 
 
 def _row(v: Variant, batch: int, steps: int) -> dict:
