@@ -155,6 +155,16 @@ def _pool_geometry(rng, ndim, *, max_pad=True):
     return window, stride, padding, ceil_mode, spatial
 
 
+def _pool_fits(spatial, window, stride, padding, dilation, ceil_mode: bool) -> bool:
+    """Whether every output size of the pool is >= 1 (padding and dilation: per-dim tuples or
+    one int for every dim)."""
+    ndim = len(spatial)
+    pads = padding if isinstance(padding, tuple) else (padding,) * ndim
+    dils = dilation if isinstance(dilation, tuple) else (dilation,) * ndim
+    sizes = zip(spatial, window, stride, pads, dils, strict=True)
+    return min(shapes.pool_output_size(*size, ceil_mode) for size in sizes) >= 1
+
+
 def _distinct(rng, shape):
     """Distinct values (a scaled permutation), so a max is unique and has a gradient."""
     size = int(np.prod(shape))
@@ -170,11 +180,7 @@ def _max_pool_case(rng: np.random.Generator) -> Case | None:
     pads = padding if isinstance(padding, tuple) else (padding,) * ndim
     if any(2 * p > d * (k - 1) + 1 for p, k, d in zip(pads, window, dilation)):
         return None
-    outs = [
-        shapes.pool_output_size(n, k, s, p, d, ceil_mode)
-        for n, k, s, p, d in zip(spatial, window, stride, pads, dilation)
-    ]
-    if min(outs) < 1:
+    if not _pool_fits(spatial, window, stride, padding, dilation, ceil_mode):
         return None
     kw = dict(stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     x = _distinct(rng, (2, *spatial, 3))
@@ -188,12 +194,7 @@ def _avg_pool_case(rng: np.random.Generator) -> Case | None:
 
     ndim = int(rng.integers(1, 4))
     window, stride, padding, ceil_mode, spatial = _pool_geometry(rng, ndim)
-    pads = padding if isinstance(padding, tuple) else (padding,) * ndim
-    outs = [
-        shapes.pool_output_size(n, k, s, p, 1, ceil_mode)
-        for n, k, s, p in zip(spatial, window, stride, pads)
-    ]
-    if min(outs) < 1:
+    if not _pool_fits(spatial, window, stride, padding, 1, ceil_mode):
         return None
     kw = dict(
         stride=stride,
@@ -212,11 +213,7 @@ def _lp_pool_case(rng: np.random.Generator) -> Case | None:
 
     ndim = int(rng.integers(1, 4))
     window, stride, _, ceil_mode, spatial = _pool_geometry(rng, ndim, max_pad=False)
-    outs = [
-        shapes.pool_output_size(n, k, s, 0, 1, ceil_mode)
-        for n, k, s in zip(spatial, window, stride)
-    ]
-    if min(outs) < 1:
+    if not _pool_fits(spatial, window, stride, 0, 1, ceil_mode):
         return None
     p = float(rng.choice([1.0, 2.0, 3.0, 1.5]))
     kw = dict(stride=stride, ceil_mode=ceil_mode)

@@ -4,7 +4,7 @@ jax 0.10.2's XLA:CPU emits a convolution with exactly one input feature and one 
 as its loop kernel, which LLVM vectorises across output positions with *plain* vector loads of
 the input at padded (out-of-range) positions. With large padding those loads leave the mapped
 memory: SIGSEGV. cnnjax computes such convs with a zero second output feature on CPU
-(``cnnjax/ops/conv.py::_conv_two_output_features``); docs/gradients.md ("XLA limits") has the
+(``cnnjax/ops/xla_cpu.py::conv_general_dilated``); docs/gradients.md ("XLA limits") has the
 rule and the plain-``lax`` reproducer. The crashing examples run in a subprocess, so a regression
 fails the test instead of killing the pytest worker.
 """

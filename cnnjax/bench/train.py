@@ -259,25 +259,12 @@ def run(
         cpu_convolutions = (cpu_convolutions,)
     if jax.default_backend() != "cpu":
         cpu_convolutions = tuple(cpu_convolutions)[:1]
-    build = functools.partial(
-        jax_variant,
-        model_name,
-        precision=precision,
-        batch=batch,
-        shape=shape,
-        num_classes=num_classes,
-    )
+    common = dict(batch=batch, shape=shape, num_classes=num_classes)
+    build = functools.partial(jax_variant, model_name, precision=precision, **common)
     built = _compile_all(build, dtypes, impls, cpu_convolutions, compile_threads, log)
     twin = None
     if use_torch:
-        twin = functools.partial(
-            torch_variant,
-            model_name,
-            batch=batch,
-            shape=shape,
-            num_classes=num_classes,
-            threads=threads,
-        )
+        twin = functools.partial(torch_variant, model_name, threads=threads, **common)
     variants = _in_table_order(built, dtypes, impls, cpu_convolutions, twin, log)
     for v in variants:
         if warmup:

@@ -356,16 +356,21 @@ def _conv_forward(
     dilation: tuple,
     groups: int,
     precision: lax.Precision | None,
+    input_dilation: tuple | None = None,
 ) -> jax.Array:
-    """``y[n, o, co] = sum_{k, ci} x_pad[n, o*s + k*d, ci] w[k, ci, co]`` (per group)."""
-    ndim = x.ndim - 2
+    """``y[n, o, co] = sum_{k, ci} x_pad[n, o*s + k*d, ci] w[k, ci, co]`` (per group).
+
+    ``input_dilation`` (``s - 1`` zeros between the entries of ``x``) serves
+    :func:`_conv_input_grad`, which is this correlation over the stride-dilated output grad.
+    """
     return _conv_general_dilated(
         x,
         w,
         window_strides=stride,
         padding=pads,
+        lhs_dilation=input_dilation,
         rhs_dilation=dilation,
-        dimension_numbers=conv_dimension_numbers(ndim),
+        dimension_numbers=conv_dimension_numbers(x.ndim - 2),
         feature_group_count=groups,
         precision=precision,
     )
@@ -398,17 +403,8 @@ def _conv_input_grad(
         )
     )
     w_flipped = _swap_in_out_per_group(jnp.flip(w, axis=tuple(range(ndim))), groups)
-    return _conv_general_dilated(
-        g,
-        w_flipped,
-        window_strides=(1,) * ndim,
-        padding=grad_pads,
-        lhs_dilation=stride,
-        rhs_dilation=dilation,
-        dimension_numbers=conv_dimension_numbers(ndim),
-        feature_group_count=groups,
-        precision=precision,
-    )
+    unit = (1,) * ndim
+    return _conv_forward(g, w_flipped, unit, grad_pads, dilation, groups, precision, stride)
 
 
 def _conv_weight_grad(
