@@ -220,3 +220,11 @@ def test_bench_train_compares_both_libraries(monkeypatch):
         if name.startswith("jax custom"):
             other = rows[name.replace("custom", "xla")]
             assert row["custom_over_xla"] == pytest.approx(row["step_ms"] / other["step_ms"])
+
+
+def test_compile_options_module_is_an_alias_of_xla_cpu():
+    from cnnjax.ops import compile_options as alias
+    from cnnjax.ops import xla_cpu
+
+    assert alias.compiler_options is xla_cpu.compiler_options
+    assert alias.CPU_CONVOLUTIONS is xla_cpu.CPU_CONVOLUTIONS

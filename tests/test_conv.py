@@ -502,3 +502,32 @@ def test_conv_transpose_matches_torch(x_shape, kernel, c_out, kwargs):
     assert_rel_close(dx, np.moveaxis(tx.grad.numpy(), 1, -1), what="torch dx")
     assert_rel_close(dw, np.transpose(tw.grad.numpy(), (2, 3, 0, 1)), what="torch dw")
     assert_rel_close(db, tb.grad.numpy(), what="torch db")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_vjp_padding_is_the_input_gradient_padding(seed):
+    """shapes.vjp_padding (shared by the conv input gradient and the pool backward rules):
+    padding the stride-dilated output grad by it and correlating with the flipped kernel (stride
+    1, the kernel's dilation) gives exactly autodiff's input gradient of a 1-d conv."""
+    from jax import lax
+
+    from cnnjax.shapes import conv_output_size, vjp_padding
+
+    rng = np.random.default_rng(seed)
+    k, s, d = (int(v) for v in rng.integers(1, [5, 4, 3], endpoint=True))
+    n = d * (k - 1) + 1 + int(rng.integers(0, 15))  # at least one output
+    lo, hi = (int(v) for v in rng.integers(0, 4, size=2))
+    out = conv_output_size(n, k, s, (lo, hi), d)
+    x, w = rng.standard_normal((1, 1, n)), rng.standard_normal((1, 1, k))
+    forward = lambda x: lax.conv_general_dilated(x, w, (s,), [(lo, hi)], rhs_dilation=(d,))  # noqa: E731
+    y, pullback = jax.vjp(forward, x)
+    g = rng.standard_normal(y.shape)
+    dx = lax.conv_general_dilated(
+        g,
+        w[..., ::-1],
+        (1,),
+        [vjp_padding(n, out, k, s, (lo, hi), d)],
+        lhs_dilation=(s,),
+        rhs_dilation=(d,),
+    )
+    np.testing.assert_allclose(dx, pullback(g)[0], rtol=1e-12, atol=1e-12)

@@ -251,3 +251,15 @@ def test_prefetch_thread_is_joined_when_the_consumer_stops():
     feed.close()
     alive = [t for t in threading.enumerate() if t.name == "cnnjax-prefetch" and t.is_alive()]
     assert not alive
+
+
+def test_sources_keep_their_names_after_the_split():
+    """Dataset, Source and the helpers moved to cnnjax.data.dataset (no loader imports it back);
+    cnnjax.data.sources and cnnjax.data.pipeline still export what they did."""
+    from cnnjax.data import dataset, pipeline, sources
+
+    for name in ("ArraySource", "Dataset", "Source", "TFDSSource", "check_labels", "fit_images"):
+        assert getattr(sources, name) is getattr(dataset, name)
+    assert pipeline.IGNORE_INDEX == sources.IGNORE_INDEX == dataset.IGNORE_INDEX == 255
+    digits = load_dataset("digits")
+    assert digits.mean == dataset.channel_stats(digits.train.images)[0]

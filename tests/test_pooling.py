@@ -646,3 +646,14 @@ def test_lp_pool_partial_windows_differ_from_torch_as_documented():
     # Partial windows: PyTorch rescales the sum of squares by K / count (here 4 / 2 and 4 / 1).
     assert_close(ours[:, :2, 2] * np.sqrt(2.0), theirs[:, :2, 2])
     assert_close(ours[:, 2, 2] * np.sqrt(4.0), theirs[:, 2, 2])
+
+
+def test_pooling_module_keeps_every_public_name():
+    """max_pool moved to cnnjax.ops.max_pooling; cnnjax.ops.pooling still exports it."""
+    import cnnjax.ops
+    from cnnjax.ops import pooling
+
+    names = ["avg_pool", "global_avg_pool", "global_max_pool", "lp_pool", "max_pool"]
+    assert sorted(pooling.__all__) == names
+    for name in names:
+        assert getattr(pooling, name) is getattr(cnnjax.ops, name)

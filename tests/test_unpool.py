@@ -284,3 +284,19 @@ def test_a_window_of_minus_inf_routes_its_gradient_where_its_index_points(x, poo
     grad = jax.vjp(lambda x: max_pool(x, **pool), x)[1](dy)[0]
     unpooled = max_unpool(dy, idx, pool["window"], output_shape=x.shape)
     np.testing.assert_array_equal(grad, unpooled)
+
+
+def test_indices_traced_by_grad_skip_the_eager_check():
+    """Indices that are tracers (here: JVP tracers under jax.grad) are not read eagerly; the
+    scatter still routes the gradient to the switches."""
+
+    def loss(x):
+        y, idx = max_pool(x, 2, return_indices=True)
+        return jnp.sum(max_unpool(y, idx, 2) * jnp.arange(16.0).reshape(1, 4, 4, 1))
+
+    x = jnp.asarray(np.random.default_rng(0).permutation(16).reshape(1, 4, 4, 1), jnp.float64)
+    grad = jax.grad(loss)(x)
+    _, idx = max_pool(x, 2, return_indices=True)
+    expected = np.zeros(16)
+    expected[np.asarray(idx).ravel()] = np.asarray(idx).ravel()  # d/dx_i of x_i * i
+    np.testing.assert_array_equal(np.asarray(grad).ravel(), expected)
