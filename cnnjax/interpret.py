@@ -272,10 +272,8 @@ def _eval_with_deconv_relu(jaxpr, consts, *args):
             sub = eqn.params["jaxpr"]
             outvals = _eval_with_deconv_relu(sub.jaxpr, sub.consts, *invals)
         else:
-            bind = eqn.primitive.get_bind_params(eqn.params)
-            # JAX < 0.7 returns (subfuns, params); later versions the params alone
-            subfuns, params = bind if isinstance(bind, tuple) else ((), bind)
-            outvals = eqn.primitive.bind(*subfuns, *invals, **params)
+            params = eqn.primitive.get_bind_params(eqn.params)
+            outvals = eqn.primitive.bind(*invals, **params)
             if not eqn.primitive.multiple_results:
                 outvals = [outvals]
         for v, val in zip(eqn.outvars, outvals, strict=True):
