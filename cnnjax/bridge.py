@@ -28,6 +28,8 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,24 +46,32 @@ BATCH_STATS = "batch_stats"
 
 
 def _hashable(value: Any) -> Any:
-    """Lists to tuples, recursively: the Linen module is a static (hashed) part of the NNX graph."""
-    if isinstance(value, list | tuple):
-        return tuple(_hashable(v) for v in value)
-    return value
+    """Lists to tuples, recursively (``value`` itself where it holds no list)."""
+    if not isinstance(value, list | tuple):
+        return value
+    items = tuple(_hashable(v) for v in value)
+    unchanged = isinstance(value, tuple) and all(a is b for a, b in zip(items, value, strict=True))
+    return value if unchanged else items
 
 
-def hashable_module(module_cls: type[nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
-    """``module_cls(*args, **kwargs)`` with list arguments turned into tuples (NNX hashes the
-    static part of a module's graph, and a Linen module is hashed through its fields)."""
-    return module_cls(*_hashable(args), **{k: _hashable(v) for k, v in kwargs.items()})
+def _hashable_module(module: nn.Module) -> nn.Module:
+    """``module`` with its list fields as tuples (``config=[64, "M"]``): NNX hashes the static
+    part of a module's graph, and a Linen module is hashed through its fields."""
+    names = [
+        f.name for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")
+    ]
+    values = {n: getattr(module, n) for n in names}
+    changed = {n: h for n, v in values.items() if (h := _hashable(v)) is not v}
+    return module.clone(**changed) if changed else module
 
 
 class LinenModule(nnx.Module):
     """A Linen ``module`` as an NNX module: its variables as NNX variables at their Linen paths.
 
     ``sample`` (arrays) is passed to ``module.init`` with ``init_kwargs`` to
-    create the variables, drawn from ``rngs.params()`` (compiled: eager initialisation of a deep
-    model dispatches hundreds of small programs). Without ``sample`` the module has no variables
+    create the variables, drawn from ``rngs.params()``; ``compile_init`` compiles the
+    initialisation first (worth it for a deep model, whose eager initialisation dispatches
+    hundreds of small programs; not for one layer). Without ``sample`` the module has no variables
     (a pooling layer). :meth:`apply` calls ``module.apply`` on the current variables; subclasses
     decide the mode (:class:`LinenModel`: ``model.train()`` / ``model.eval()``).
     """
@@ -71,15 +81,17 @@ class LinenModule(nnx.Module):
         module: nn.Module,
         *sample: Any,
         rngs: nnx.Rngs | None = None,
+        compile_init: bool = False,
         **init_kwargs: Any,
     ):
-        self.module = module
+        self.module = module = _hashable_module(module)
         if not sample:
             return
         if rngs is None:
             raise ValueError(f"{type(self).__name__}: rngs is needed to initialise parameters")
         key = rngs.params()
-        variables = jax.jit(lambda key: module.init(key, *sample, **init_kwargs))(key)
+        init = functools.partial(module.init, **init_kwargs)
+        variables = (jax.jit(init) if compile_init else init)(key, *sample)
         for name, tree in _as_nnx_variables(variables).items():
             if name in vars(self):
                 raise ValueError(f"{type(self).__name__}: a Linen variable is named {name!r}")
@@ -118,7 +130,7 @@ class LinenModel(LinenModule):
 
     def __init__(self, module: nn.Module, *, input_shape: tuple[int, ...], rngs: nnx.Rngs):
         sample = jnp.zeros((1, *input_shape), jnp.float32)
-        super().__init__(module, sample, rngs=rngs, train=False)
+        super().__init__(module, sample, rngs=rngs, compile_init=True, train=False)
         self.rngs = nnx.Rngs(dropout=rngs.dropout())
         self.deterministic = False
         self.use_running_average = False

@@ -9,6 +9,7 @@ for NNX only: ``tests/test_layers.py`` runs it on the same cases for Linen."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import flax.linen as nn
@@ -118,7 +119,7 @@ class Built:
         if cls in TAKES_IN_FEATURES:
             kwargs = {"in_features": x.shape[-1], **kwargs}
         layer_cls = getattr(cnnjax.nnx, cls)
-        needs_rngs = issubclass(layer_cls, cnnjax.nnx.layers._Layer) or cls in TAKES_IN_FEATURES
+        needs_rngs = "rngs" in inspect.signature(layer_cls).parameters  # layers with parameters
         module = layer_cls(**kwargs, **({"rngs": nnx.Rngs(seed)} if needs_rngs else {}))
         self.module = module
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
@@ -327,8 +328,8 @@ def test_nnx_layers_thread_impl_to_the_op(name, monkeypatch):
         assert calls and all(impl == "xla" for impl in calls), calls
 
 
-def test_extra_op_kwargs_reach_the_op(monkeypatch):
-    """Op arguments the NNX layer does not name (e.g. a future ``precision``) go to the op."""
+def test_op_arguments_reach_the_op(monkeypatch):
+    """The op arguments of the NNX layer (``precision`` included) reach the op as given."""
     seen = {}
 
     def conv(x, w, b=None, **kwargs):

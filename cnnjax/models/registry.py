@@ -134,8 +134,9 @@ def create_model(
     backward) and dense layer; ``overrides`` go to the family's constructor.
 
     ``api="nnx"`` returns the same module as a Flax NNX module with initialised parameters
-    instead (:class:`cnnjax.bridge.LinenModel`; see ``docs/nnx.md``): ``rngs`` (default ``nnx.Rngs(0)``) draws them, ``input_shape``
-    ``(H, W, C)`` (default the paper's) fixes the input channels and dense fan-ins.
+    instead (:class:`cnnjax.bridge.LinenModel`, see ``docs/nnx.md``): ``rngs`` (default
+    ``nnx.Rngs(0)``) draws them, ``input_shape`` ``(H, W, C)`` (default the paper's) fixes the
+    input channels and dense fan-ins.
     """
     info = get_model_info(name)
     if impl not in ("custom", "xla"):

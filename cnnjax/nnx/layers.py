@@ -13,8 +13,7 @@ arguments read back as attributes (``layer.stride``).
 
 Example::
 
-    >>> from flax import nnx
-    >>> import jax.numpy as jnp
+    >>>     >>> import jax.numpy as jnp
     >>> layer = Conv(1, 8, (3, 3), padding=1, rngs=nnx.Rngs(0))
     >>> layer.kernel.shape
     (3, 3, 1, 8)
@@ -27,15 +26,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from cnnjax import layers as linen_layers
-from cnnjax.bridge import LinenModule, hashable_module
+from cnnjax.bridge import LinenModule
 from cnnjax.layers import check_input_size, he_normal, lecun1998_uniform
 
 __all__ = [
@@ -87,7 +85,7 @@ class _Derived(LinenModule):
     _LINEN: type[nn.Module]
     _LEADING: tuple[str, ...] = ()
     _SAMPLE: Sample | None = None
-    _INIT_KWARGS: dict[str, Any] = {}
+    _INIT_KWARGS: ClassVar[dict[str, Any]] = {}
     _SIGNATURE: inspect.Signature
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -95,7 +93,7 @@ class _Derived(LinenModule):
         bound.pop("self")
         rngs = bound.pop("rngs", None)
         leading = {name: bound.pop(name) for name in self._LEADING}
-        module = hashable_module(self._LINEN, **self._linen_kwargs(bound))
+        module = self._LINEN(**self._linen_kwargs(bound))
         sample = () if self._SAMPLE is None else (type(self)._SAMPLE(module, **leading),)
         super().__init__(module, *sample, rngs=rngs, **self._INIT_KWARGS)
         for name, value in leading.items():

@@ -31,7 +31,7 @@ import flax.linen as nn
 from flax import nnx
 
 from cnnjax import models as linen_models
-from cnnjax.bridge import LinenModel, hashable_module
+from cnnjax.bridge import LinenModel
 
 __all__ = [
     "VGG",
@@ -64,13 +64,13 @@ def _named(linen_cls: type[nn.Module], paper_input_shape: Shape) -> type[LinenMo
     """``LinenModel`` of ``linen_cls(**fields)`` under ``linen_cls``'s name."""
 
     def __init__(self, *, input_shape: Shape = paper_input_shape, rngs: nnx.Rngs, **fields):
-        LinenModel.__init__(
-            self, hashable_module(linen_cls, **fields), input_shape=input_shape, rngs=rngs
-        )
+        LinenModel.__init__(self, linen_cls(**fields), input_shape=input_shape, rngs=rngs)
 
     doc = f"NNX face of :class:`cnnjax.models.{linen_cls.__name__}` (a :class:`LinenModel`)."
     namespace = {"__init__": __init__, "__doc__": doc, "__module__": __name__}
-    return type(linen_cls.__name__, (LinenModel,), {**namespace, "__qualname__": linen_cls.__name__})
+    return type(
+        linen_cls.__name__, (LinenModel,), {**namespace, "__qualname__": linen_cls.__name__}
+    )
 
 
 LeNet5 = _named(linen_models.LeNet5, (32, 32, 1))
