@@ -22,8 +22,11 @@ This module imports only Flax and JAX, so :mod:`cnnjax.models` (``api="nnx"``) a
 Example::
 
     >>> import flax.linen as nn
+    >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> model = LinenModel(nn.Dense(3), input_shape=(4,), rngs=nnx.Rngs(0))  # doctest: +SKIP
+    >>> dense = LinenModule(nn.Dense(3), jnp.ones((1, 4)), rngs=nnx.Rngs(0))
+    >>> dense.kernel.shape, dense(jnp.ones((2, 4))).shape
+    ((4, 3), (2, 3))
 """
 
 from __future__ import annotations

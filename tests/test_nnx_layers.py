@@ -9,6 +9,7 @@ for NNX only: ``tests/test_layers.py`` runs it on the same cases for Linen."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -516,3 +517,18 @@ def test_batch_norm_variables_convert_both_ways():
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(changed), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(native.mean[...], jnp.arange(5.0))
+
+
+def test_every_linen_layer_has_a_derived_nnx_namesake():
+    linen_classes = {
+        name for name in layers.__all__ if isinstance(getattr(layers, name), type)
+    }  # fmt: skip
+    assert linen_classes <= set(cnnjax.nnx.__all__)
+    for name in linen_classes:
+        nnx_cls = getattr(cnnjax.nnx, name)
+        assert nnx_cls._LINEN is getattr(layers, name)  # derived from it, not a copy
+        fields = [f.name for f in dataclasses.fields(getattr(layers, name)) if f.init]
+        params = list(inspect.signature(nnx_cls).parameters)
+        assert [p for p in params if p in fields] == [
+            f for f in fields if f not in ("parent", "name")
+        ]
