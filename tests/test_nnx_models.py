@@ -359,11 +359,14 @@ def _precision_check(name):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     x = jax.ShapeDtypeStruct(_input(name, dtype=jnp.float32).shape, jnp.float32)
 
-    def loss(params, rest, x):
-        out = nnx.merge(graphdef, params, rest)(x)
+    def loss(m, x):
+        out = m(x, rngs=nnx.Rngs(dropout=DROPOUT_KEY))
         return sum(jnp.sum(o) for o in jax.tree.leaves(out))
 
-    products = list(_products(jax.make_jaxpr(jax.grad(loss))(params, rest, x).jaxpr))
+    def gradients(params, rest, x):
+        return nnx.grad(loss)(nnx.merge(graphdef, params, rest), x)
+
+    products = list(_products(jax.make_jaxpr(gradients)(params, rest, x).jaxpr))
     assert {p for p, _ in products} >= {"conv_general_dilated"}
     highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
     default = [(p, prec) for p, prec in products if prec not in (highest, lax.Precision.HIGHEST)]
