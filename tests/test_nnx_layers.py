@@ -9,6 +9,8 @@ for NNX only: ``tests/test_layers.py`` runs it on the same cases for Linen."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import flax.linen as nn
@@ -118,7 +120,7 @@ class Built:
         if cls in TAKES_IN_FEATURES:
             kwargs = {"in_features": x.shape[-1], **kwargs}
         layer_cls = getattr(cnnjax.nnx, cls)
-        needs_rngs = issubclass(layer_cls, cnnjax.nnx.layers._Layer) or cls in TAKES_IN_FEATURES
+        needs_rngs = "rngs" in inspect.signature(layer_cls).parameters  # layers with parameters
         module = layer_cls(**kwargs, **({"rngs": nnx.Rngs(seed)} if needs_rngs else {}))
         self.module = module
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
@@ -327,8 +329,8 @@ def test_nnx_layers_thread_impl_to_the_op(name, monkeypatch):
         assert calls and all(impl == "xla" for impl in calls), calls
 
 
-def test_extra_op_kwargs_reach_the_op(monkeypatch):
-    """Op arguments the NNX layer does not name (e.g. a future ``precision``) go to the op."""
+def test_op_arguments_reach_the_op(monkeypatch):
+    """The op arguments of the NNX layer (``precision`` included) reach the op as given."""
     seen = {}
 
     def conv(x, w, b=None, **kwargs):
@@ -515,3 +517,18 @@ def test_batch_norm_variables_convert_both_ways():
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(changed), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(native.mean[...], jnp.arange(5.0))
+
+
+def test_every_linen_layer_has_a_derived_nnx_namesake():
+    linen_classes = {
+        name for name in layers.__all__ if isinstance(getattr(layers, name), type)
+    }  # fmt: skip
+    assert linen_classes <= set(cnnjax.nnx.__all__)
+    for name in linen_classes:
+        nnx_cls = getattr(cnnjax.nnx, name)
+        assert nnx_cls._LINEN is getattr(layers, name)  # derived from it, not a copy
+        fields = [f.name for f in dataclasses.fields(getattr(layers, name)) if f.init]
+        params = list(inspect.signature(nnx_cls).parameters)
+        assert [p for p in params if p in fields] == [
+            f for f in fields if f not in ("parent", "name")
+        ]

@@ -1,35 +1,37 @@
 """NNX models (``create_model(name, api="nnx")``) against the Linen models, for every registered
-model: same parameter count and tree, and with the same weights (moved by ``to_linen``) the same
+model: same parameter count and tree; with the same weights (moved by ``to_linen``) the same
 logits and gradients in float64 to 1e-10 (relative to each array's largest entry), in eval mode
-(running averages, no dropout) and, where it differs, in training mode (batch statistics and the
-updated running averages; GoogLeNet's auxiliary heads). Training mode turns dropout off on both
-sides for the native models (their NNX and Linen dropout draw different masks by design); the
-bridged models get the same dropout key on both sides, so GoogLeNet's heads run with dropout.
+(running averages, no dropout) and in training mode (batch statistics and the updated running
+averages, dropout with the same key on both sides, GoogLeNet's auxiliary heads); and
+``precision="highest"`` on every convolution and matrix product of the NNX model's traced
+forward and backward pass. Also: states saved from the earlier, hand-written NNX models load.
 
-As in ``tests/test_models.py``, the numerical checks of :data:`LARGE` models run under ``-m
-slow``, inputs are the registry's small test shapes, and the dense heads are shrunk
-(``head_width=64``). Every model compiles once here: NNX and Linen, eval and train, forward and
-backward in one program.
+As in ``tests/test_models.py``, the checks of :data:`LARGE` models (and of the slowest families
+to compile) run under ``-m slow``, inputs are the registry's small test shapes, and the dense
+heads are shrunk (``head_width=64``). Every model compiles once here: NNX and Linen, eval and
+train, forward and backward in one program.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
+from flax import nnx, traverse_util
+from jax import lax
 from test_models import FAST_COMPILE, LARGE, NUM_CLASSES, _input, _overrides, _param_count
 
 import cnnjax.nnx
 from cnnjax.models import create_model, get_model_info, list_models
-from cnnjax.nnx import LinenModel, from_linen, param_count, to_linen
-from cnnjax.nnx.models import NATIVE
+from cnnjax.nnx import LinenModel, from_linen, load_legacy_state, param_count, to_linen
 
+ALL_MODELS = list_models(task=None)
 RTOL = 1e-10
 DROPOUT_KEY = 7
 
@@ -45,13 +47,6 @@ def _nnx_model(name: str, **kwargs) -> nnx.Module:
         **_overrides(name),
         **kwargs,
     )
-
-
-def _no_dropout(name: str) -> dict:
-    """Linen overrides that turn dropout off (native families only)."""
-    if name == "lenet5":
-        return {}
-    return {"dropout_rate": 0.0, **({"input_dropout": 0.0} if name == "allconv_c" else {})}
 
 
 def _assert_close(a, b, what: str) -> None:
@@ -76,26 +71,17 @@ class _Comparison:
         model = _nnx_model(name)
         variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), to_linen(model))
         from_linen(model, variables)
-        self.bridged = isinstance(model, LinenModel)
         self.variables = variables
         x = _input(name)
-        linen_eval = create_model(name, num_classes=NUM_CLASSES, **_overrides(name))
-        linen_train = linen_eval
-        if not self.bridged:
-            linen_train = create_model(
-                name, num_classes=NUM_CLASSES, **_overrides(name), **_no_dropout(name)
-            )
+        linen = create_model(name, num_classes=NUM_CLASSES, **_overrides(name))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def nnx_run(params, rest, cotangent, train):
             m = nnx.merge(graphdef, params, rest)
             m.train() if train else m.eval()
-            if train and not self.bridged:
-                m.set_attributes(nnx.Dropout, deterministic=True, raise_if_not_found=False)
 
             def loss(m):
-                rngs = nnx.Rngs(dropout=DROPOUT_KEY) if train and self.bridged else None
-                out = m(x, rngs=rngs) if self.bridged else m(x)
+                out = m(x, rngs=nnx.Rngs(dropout=DROPOUT_KEY))  # the key Linen gets
                 return _dot(out, cotangent), out
 
             grads, out = nnx.grad(loss, has_aux=True)(m)
@@ -103,7 +89,7 @@ class _Comparison:
             return out, grads_linen, to_linen(m).get("batch_stats", {})
 
         def linen_run(params, cotangent, train):
-            module = linen_train if train else linen_eval
+            module = linen
             stats = variables.get("batch_stats")
 
             def loss(params):
@@ -117,9 +103,7 @@ class _Comparison:
             grads, (out, new_stats) = jax.grad(loss, has_aux=True)(params)
             return out, grads, new_stats
 
-        # Training mode differs from eval mode through batch norm and GoogLeNet's auxiliary
-        # heads; for the other native models it would only repeat the eval check.
-        self.modes = (False, True) if self.bridged or "batch_stats" in variables else (False,)
+        self.modes = (False, True)
 
         def both(params, rest, linen_params, cotangents):
             results = {}
@@ -173,9 +157,6 @@ class _MatchesLinen:
             _assert_close(grads_nnx, grads_linen, f"gradient (train={train})")
 
     def test_same_batch_statistics_update(self, comparison):
-        if True not in comparison.modes:
-            assert "batch_stats" not in comparison.variables
-            return
         stats_nnx = comparison.results[("nnx", True)][2]
         stats_linen = comparison.results[("linen", True)][2]
         _assert_close(stats_nnx, stats_linen, "batch_stats")
@@ -185,11 +166,11 @@ class _MatchesLinen:
             _assert_close(comparison.results[("nnx", False)][2], old, "eval batch_stats")
 
 
-# Bridged families (nnx.bridge.ToNNX around the Linen module) whose comparison costs 25-80 s
-# of compilation each: the bridge is the same code for every family and is checked on
-# resnet18/resnet20 in CI; these run with the LARGE ones under `-m slow`.
-BRIDGED_SLOW = {"densenet_bc_100_12", "resnet50", "googlenet", "mobilenet_v1"}
-NUMERIC = sorted(set(list_models()) - LARGE - BRIDGED_SLOW)
+# Families whose comparison costs 25-80 s of compilation each: the derivation is the same code
+# for every family and is checked on the others in CI; these run with the LARGE ones under
+# `-m slow` (the segmentation models: 188x188 inputs for U-Net).
+SLOW = {"densenet_bc_100_12", "resnet50", "googlenet", "mobilenet_v1", "segnet", "unet"}
+NUMERIC = sorted(set(ALL_MODELS) - LARGE - SLOW)
 
 
 @pytest.mark.parametrize("name", NUMERIC, scope="class")
@@ -198,7 +179,7 @@ class TestNNXMatchesLinen(_MatchesLinen):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(LARGE | BRIDGED_SLOW), scope="class")
+@pytest.mark.parametrize("name", sorted(LARGE | SLOW), scope="class")
 class TestNNXMatchesLinenLarge(_MatchesLinen):
     pass
 
@@ -208,50 +189,19 @@ class TestNNXMatchesLinenLarge(_MatchesLinen):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_same_parameter_count_and_tree(name):
     info = get_model_info(name)
     x = jnp.zeros((1, *info.test_input_shape), jnp.float32)
     linen = create_model(name, num_classes=NUM_CLASSES, **_overrides(name))
     linen_vars = jax.eval_shape(lambda: linen.init(jax.random.key(0), x, train=False))
     model = nnx.eval_shape(lambda: _nnx_model(name))
-    assert isinstance(model, nnx.Module)
-    assert isinstance(model, LinenModel) != (type(linen) in NATIVE)
+    assert isinstance(model, LinenModel) and model.module == linen  # derived, never copied
     assert param_count(model) == _param_count(linen_vars["params"])
     converted = to_linen(model)
     assert set(converted) == set(linen_vars) & {"params", "batch_stats"}
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype), converted)
     assert shapes == jax.tree.map(lambda a: (a.shape, a.dtype), dict(linen_vars))
-
-
-def test_native_families():
-    natives = [
-        n
-        for n in list_models()
-        if not isinstance(nnx.eval_shape(lambda n=n: _nnx_model(n)), LinenModel)
-    ]
-    assert {"lenet5", "vgg11", "vgg11_bn", "allconv_c", "nin", "alexnet", "zfnet"} <= set(natives)
-
-
-@pytest.mark.parametrize("linen_cls", list(NATIVE), ids=lambda c: c.__name__)
-def test_native_constructors_repeat_the_linen_fields_and_defaults(linen_cls):
-    # The native NNX classes spell out their Linen model's fields (explicit signatures for
-    # help() and the docs); this keeps the two lists from drifting apart.
-    fields = {
-        f.name: f.default
-        for f in dataclasses.fields(linen_cls)
-        if f.init and f.name not in ("parent", "name")
-    }
-    params = inspect.signature(NATIVE[linen_cls].__init__).parameters
-    arguments = {
-        k: (dataclasses.MISSING if p.default is inspect.Parameter.empty else p.default)
-        for k, p in params.items()
-        if k not in ("self", "input_shape", "rngs", "op_kwargs")
-    }
-    assert list(arguments) == [k for k in fields if k != "precision"]  # same order too
-    assert arguments == {k: v for k, v in fields.items() if k != "precision"}
-    # precision (an op argument) reaches the NNX layers through **op_kwargs
-    assert params["op_kwargs"].kind is inspect.Parameter.VAR_KEYWORD
 
 
 @pytest.mark.parametrize("name", ["lenet5", "vgg11", "alexnet", "resnet20"])
@@ -278,7 +228,7 @@ def test_bad_api_and_linen_only_arguments():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["allconv_c", "mobilenet_v1"])  # native, bridged
+@pytest.mark.parametrize("name", ["allconv_c", "mobilenet_v1"])
 def test_dropout_only_in_train_mode(name):
     model = _nnx_model(name, **({"dropout_rate": 0.5} if name == "mobilenet_v1" else {}))
     x = _input(name, dtype=jnp.float32)
@@ -312,17 +262,15 @@ def test_batch_stats_update_only_in_train_mode(name):
     )
 
 
-def test_native_batch_norm_is_the_cnnjax_twin():
+def test_batch_norm_refuses_an_empty_training_batch():
     # flax.nnx.BatchNorm would normalise an empty training batch to NaN statistics silently
     model = nnx.eval_shape(lambda: _nnx_model("vgg11_bn"))
-    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
-    assert len(norms) == 8 and all(type(m) is cnnjax.nnx.BatchNorm for m in norms)
     model.train()
     with pytest.raises(ValueError, match=r"BatchNorm: expected more than 1 value per channel"):
         nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((0, 32, 32, 3)))
 
 
-def test_bridged_modes_must_agree():
+def test_modes_must_agree():
     model = nnx.eval_shape(lambda: _nnx_model("resnet20"))
     model.set_attributes(deterministic=True)
     with pytest.raises(ValueError, match="must agree"):
@@ -384,3 +332,113 @@ def test_trains_with_nnx_optimizer_and_jit(name):
     losses = [float(step(model, optimizer, x, labels)) for _ in range(5)]
     assert losses[-1] < losses[0]
     assert len(traces) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# precision reaches every convolution and matrix product (issue 17: the hand-written NNX models
+# ran their dense layers at the backend default whatever create_model was given)
+# --------------------------------------------------------------------------------------------
+
+
+def _products(jaxpr):
+    """``(primitive, precision)`` of every convolution and dot_general in ``jaxpr``, including
+    those inside sub-computations (jit, custom VJPs, control flow)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            yield eqn.primitive.name, eqn.params["precision"]
+        for value in eqn.params.values():
+            for item in value if isinstance(value, list | tuple) else (value,):
+                inner = getattr(item, "jaxpr", item)  # a ClosedJaxpr or a Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _products(inner)
+
+
+def _precision_check(name):
+    model = nnx.eval_shape(lambda: _nnx_model(name, precision="highest"))
+    model.train()  # batch statistics, dropout, GoogLeNet's auxiliary heads: every branch
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jax.ShapeDtypeStruct(_input(name, dtype=jnp.float32).shape, jnp.float32)
+
+    def loss(m, x):
+        out = m(x, rngs=nnx.Rngs(dropout=DROPOUT_KEY))
+        return sum(jnp.sum(o) for o in jax.tree.leaves(out))
+
+    def gradients(params, rest, x):
+        return nnx.grad(loss)(nnx.merge(graphdef, params, rest), x)
+
+    products = list(_products(jax.make_jaxpr(gradients)(params, rest, x).jaxpr))
+    assert {p for p, _ in products} >= {"conv_general_dilated"}
+    highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
+    default = [(p, prec) for p, prec in products if prec not in (highest, lax.Precision.HIGHEST)]
+    assert not default, f"{len(default)} of {len(products)} products not at HIGHEST: {default[:3]}"
+
+
+@pytest.mark.parametrize("name", sorted(set(ALL_MODELS) - LARGE))
+def test_precision_reaches_every_conv_and_dot(name):
+    _precision_check(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LARGE))
+def test_precision_reaches_every_conv_and_dot_large(name):
+    _precision_check(name)
+
+
+# --------------------------------------------------------------------------------------------
+# One definition: the NNX face is derived, and cnnjax.models does not import cnnjax.nnx
+# --------------------------------------------------------------------------------------------
+
+
+def test_models_package_does_not_import_the_nnx_package():
+    code = (
+        "import sys; from cnnjax.models import create_model; "
+        "m = create_model('lenet5', api='nnx'); "
+        "assert 'cnnjax.nnx' not in sys.modules, 'cnnjax.nnx imported'; print(type(m).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "LinenModel"
+
+
+def test_named_classes_of_the_earlier_nnx_models():
+    model = cnnjax.nnx.models.VGG(
+        config=(8, "M", 16, "M"), num_classes=10, batch_norm=True, head_width=16,
+        input_shape=(32, 32, 3), rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    assert isinstance(model, LinenModel) and type(model).__name__ == "VGG"
+    expected = create_model("vgg11_bn", num_classes=10, config=(8, "M", 16, "M"), head_width=16)
+    assert model.module == expected
+    listed = create_model(  # a list argument (unhashable) is held as a tuple
+        "vgg11_bn", num_classes=10, config=[8, "M", 16, "M"], head_width=16, api="nnx",
+        input_shape=(32, 32, 3),
+    )  # fmt: skip
+    assert listed.module == expected
+    assert sorted(to_linen(model)["batch_stats"]) == ["bn0", "bn2"]
+
+
+LEGACY = pathlib.Path(__file__).parent / "data" / "nnx_states_before_issue17.npz"
+#: Models saved by the hand-written NNX classes (lenet5, vgg11_bn: dropout RNG state, batch
+#: statistics) and by the earlier LinenModel (resnet20: the Linen tree under ``linen``), each
+#: after two training steps, with its eval-mode logits on the saved input.
+LEGACY_CASES = {
+    "lenet5": ({}, (32, 32, 1)),
+    "vgg11_bn": ({"config": (8, "M", 16, "M"), "head_width": 16}, (32, 32, 3)),
+    "resnet20": ({"stage_widths": (4, 8, 16)}, (16, 16, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_CASES))
+def test_states_saved_from_the_earlier_nnx_models_load(name):
+    overrides, shape = LEGACY_CASES[name]
+    saved = np.load(LEGACY)
+    prefix = f"{name}/state/"
+    state = traverse_util.unflatten_dict(
+        {tuple(k[len(prefix) :].split("/")): saved[k] for k in saved.files if k.startswith(prefix)}
+    )
+    model = create_model(name, num_classes=10, api="nnx", input_shape=shape, **overrides)
+    load_legacy_state(model, state)
+    model.eval()
+    logits = model(jnp.asarray(saved[f"{name}/input"]))
+    np.testing.assert_array_equal(logits, saved[f"{name}/logits"])
+    # an unrelated state names what it lacks
+    with pytest.raises(ValueError, match="the saved state lacks"):
+        load_legacy_state(model, {"conv9": {"kernel": np.zeros(3)}})

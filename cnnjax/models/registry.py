@@ -133,9 +133,10 @@ def create_model(
     ``"high"``, ``"highest"`` or a ``jax.lax.Precision``) goes to every convolution (forward and
     backward) and dense layer; ``overrides`` go to the family's constructor.
 
-    ``api="nnx"`` returns a Flax NNX module with initialised parameters instead (see
-    :mod:`cnnjax.nnx.models`): ``rngs`` (default ``nnx.Rngs(0)``) draws them, ``input_shape``
-    ``(H, W, C)`` (default the paper's) fixes the input channels and dense fan-ins.
+    ``api="nnx"`` returns the same module as a Flax NNX module with initialised parameters
+    instead (:class:`cnnjax.bridge.LinenModel`, see ``docs/nnx.md``): ``rngs`` (default
+    ``nnx.Rngs(0)``) draws them, ``input_shape`` ``(H, W, C)`` (default the paper's) fixes the
+    input channels and dense fan-ins.
     """
     info = get_model_info(name)
     if impl not in ("custom", "xla"):
@@ -151,12 +152,17 @@ def create_model(
     )
     if api == "linen":
         return module
-    from flax import nnx  # imported here: Linen users need not load NNX
+    # The NNX face is derived from the Linen module (cnnjax.bridge, which imports only Flax);
+    # imported here so that Linen users need not load NNX.
+    from flax import nnx
 
-    from cnnjax.nnx.models import from_linen_module
+    from cnnjax.bridge import LinenModel
 
+    input_shape = info.input_shape if input_shape is None else tuple(input_shape)
+    if input_shape is None or len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (H, W, C), got {input_shape}")
     rngs = nnx.Rngs(0) if rngs is None else rngs
-    return from_linen_module(module, info, rngs=rngs, input_shape=input_shape)
+    return LinenModel(module, input_shape=input_shape, rngs=rngs)
 
 
 def _external_info(name: str) -> ModelInfo:
