@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -40,6 +40,7 @@ from cnnjax.layers import (
     Conv,
     ConvTranspose,
     DepthwiseConv,
+    Impl,
     LocalResponseNorm,
     MaxPool,
     TrainableSubsampling,
@@ -49,14 +50,10 @@ __all__ = [
     "PLUMBING",
     "BuilderModule",
     "Builders",
-    "Impl",
     "classifier",
     "conv_bn_act",
     "mlp_head",
 ]
-
-#: The two implementations of every ``cnnjax.ops`` call: hand-derived VJPs or XLA's.
-Impl = Literal["custom", "xla"]
 
 KernelSize = int | Sequence[int]
 

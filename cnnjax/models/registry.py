@@ -24,7 +24,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import numpy as np
 
-from cnnjax.models.blocks import Impl
+from cnnjax.layers import Impl
 from cnnjax.ops._common import canonicalize_precision
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
