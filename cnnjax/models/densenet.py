@@ -75,8 +75,9 @@ class DenseBlock(BuilderModule):
     Attributes:
       num_layers: layers in the block. growth_rate: ``k``, channels each layer adds.
       bn_size: bottleneck width multiplier (4 in the paper).
-      plus the plumbing of :class:`~cnnjax.models.blocks.BuilderModule` (``axis_name``:
-      BatchNorm's cross-device axis).
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     num_layers: int = 6
@@ -123,8 +124,9 @@ class DenseNet(BuilderModule):
       growth_rate: ``k``. init_features: stem filters (``2k`` in the paper: 64 for ``k=32``).
       bn_size: bottleneck multiplier (4). compression: ``θ`` of the transitions (0.5).
       stem: ``"imagenet"`` (7×7/2 conv, BN-ReLU, 3×3/2 max pool) or ``"cifar"`` (3×3/1 conv).
-      plus the plumbing of :class:`~cnnjax.models.blocks.BuilderModule` (``axis_name``,
-      ``impl``, ..., or ``builders``), passed to every block.
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
 
     Submodule names follow torchvision's ``features.*`` without the ``features.`` prefix
     (``conv0``, ``norm0``, ``denseblock1/denselayer1_conv1``, ``transition1/conv``, ``norm5``)

@@ -54,8 +54,9 @@ class SeparableBlock(BuilderModule):
 
     Attributes:
       features: pointwise output channels. stride: of the depthwise conv.
-      plus the plumbing of :class:`~cnnjax.models.blocks.BuilderModule` (``axis_name``:
-      BatchNorm's cross-device axis).
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     features: int
@@ -84,8 +85,9 @@ class MobileNetV1(BuilderModule):
       blocks: ``(filters, stride)`` of the separable blocks (default the paper's).
       dropout_rate: before the classifier (Keras uses 1e-3; the paper does not say); needs a
         ``dropout`` rng when ``train=True`` and the rate is positive.
-      plus the plumbing of :class:`~cnnjax.models.blocks.BuilderModule` (``axis_name``,
-      ``impl``, ..., or ``builders``), passed to every block.
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     alpha: float = 1.0

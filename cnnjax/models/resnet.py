@@ -111,8 +111,9 @@ class ResNetBlock(_Residual):
 
     Attributes:
       features: output channels. stride: of the first conv and the shortcut.
-      plus the plumbing of :class:`~cnnjax.models.blocks.BuilderModule` (``impl``,
-      ``axis_name``, ..., or ``builders``).
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     expansion = 1
@@ -170,8 +171,9 @@ class ResNet(BuilderModule):
         BN, ReLU); the stem has ``stage_widths[0]`` filters.
       shortcut: ``"projection"`` (option B) or ``"pad"`` (option A).
       zero_init_residual: start every block's last BN scale at 0.
-      plus the plumbing of :class:`~cnnjax.models.blocks.BuilderModule` (``impl``,
-      ``precision``, ``dtype``, ``axis_name``, ``bn_momentum``, ``bn_epsilon``, ``builders``).
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
 
     Submodule names follow torchvision (``conv1``, ``bn1``, ``layer2_0/downsample_conv``, ``fc``).
     """

@@ -54,8 +54,9 @@ class VGG(BuilderModule):
         batch_norm: batch norm after every conv (``vggXX_bn``).
         head_width: width of the two hidden dense layers (4096).
         dropout_rate: dropout before the second and third dense layers (0.5).
-        plus the plumbing of :class:`~cnnjax.models.blocks.BuilderModule` (``axis_name``:
-        BatchNorm's cross-device axis).
+        axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+          ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+          :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     config: Sequence[int | str]
