@@ -36,9 +36,10 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -56,6 +57,7 @@ __all__ = [
     "Conv",
     "ConvTranspose",
     "DepthwiseConv",
+    "Impl",
     "LocalContrastNorm",
     "LocalResponseNorm",
     "LpPool",
@@ -69,6 +71,8 @@ __all__ = [
 
 Initializer = Any  # jax.nn.initializers.Initializer: (key, shape, dtype) -> Array
 Dtype = Any
+#: The two implementations of every ``cnnjax.ops`` call: hand-derived VJPs or XLA's.
+Impl = Literal["custom", "xla"]
 
 
 def he_normal(scale: float = 2.0) -> Initializer:
@@ -136,6 +140,30 @@ def _check_groups(layer: str, in_features: int, features: int, groups: int) -> N
         )
 
 
+def _keyword(default: Any) -> Any:
+    # keyword-only, so that a layer's own fields (some without defaults) may follow
+    return dataclasses.field(default=default, kw_only=True)
+
+
+class _Layer(nn.Module):
+    """``impl`` and ``dtype``, the fields every layer has (keyword-only), declared once."""
+
+    impl: Impl = _keyword("custom")
+    dtype: Dtype | None = _keyword(None)
+
+
+class _ParamLayer(_Layer):
+    """A layer with parameters: also ``param_dtype``."""
+
+    param_dtype: Dtype = _keyword(jnp.float32)
+
+
+class _ConvLayer(_ParamLayer):
+    """A convolution layer: also ``precision``, for its forward and backward convolutions."""
+
+    precision: str | jax.lax.Precision | None = _keyword(None)
+
+
 def _optional_bias(module: nn.Module, features: int) -> jax.Array | None:
     """The ``(features,)`` bias parameter of a layer with ``use_bias``, else ``None``."""
     if not module.use_bias:
@@ -143,7 +171,7 @@ def _optional_bias(module: nn.Module, features: int) -> jax.Array | None:
     return module.param("bias", module.bias_init, (features,), module.param_dtype)
 
 
-class Conv(nn.Module):
+class Conv(_ConvLayer):
     """N-d convolution (the dimension is ``len(kernel_size)``): ``y = x ⋆ w + b``.
 
     Input ``(N, *spatial, C_in)``; output ``(N, *spatial', features)`` with
@@ -168,10 +196,6 @@ class Conv(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = he_normal()
     bias_init: Initializer = nn.initializers.zeros
-    impl: str = "custom"
-    precision: str | jax.lax.Precision | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,7 +224,7 @@ class Conv(nn.Module):
         )
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(_ConvLayer):
     """N-d transposed convolution (PyTorch semantics, channels-last), the adjoint of :class:`Conv`.
 
     Input ``(N, *spatial, C_in)``; output ``(N, *spatial', features)`` with
@@ -221,10 +245,6 @@ class ConvTranspose(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer | None = None
     bias_init: Initializer = nn.initializers.zeros
-    impl: str = "custom"
-    precision: str | jax.lax.Precision | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -256,7 +276,7 @@ class ConvTranspose(nn.Module):
         )
 
 
-class DepthwiseConv(nn.Module):
+class DepthwiseConv(_ConvLayer):
     """Depthwise convolution: every input channel gets its own ``depth_multiplier`` filters.
 
     Input ``(N, *spatial, C)``; output ``(N, *spatial', C * depth_multiplier)``. Parameters:
@@ -273,10 +293,6 @@ class DepthwiseConv(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = he_normal()
     bias_init: Initializer = nn.initializers.zeros
-    impl: str = "custom"
-    precision: str | jax.lax.Precision | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -300,7 +316,7 @@ class DepthwiseConv(nn.Module):
         )
 
 
-class SeparableConv(nn.Module):
+class SeparableConv(_ConvLayer):
     """Depthwise-separable convolution: a depthwise conv then a 1×1 (pointwise) conv.
 
     Input ``(N, *spatial, C)``; output ``(N, *spatial', features)``. Parameters:
@@ -319,10 +335,6 @@ class SeparableConv(nn.Module):
     depthwise_init: Initializer = he_normal()
     pointwise_init: Initializer = he_normal()
     bias_init: Initializer = nn.initializers.zeros
-    impl: str = "custom"
-    precision: str | jax.lax.Precision | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -355,7 +367,7 @@ class SeparableConv(nn.Module):
         )
 
 
-class ConnectionTableConv(nn.Module):
+class ConnectionTableConv(_ConvLayer):
     """Convolution in which output map ``j`` sees only the input maps ``i`` with ``table[i][j]``.
 
     LeNet-5's C3 (LeCun et al. 1998, Table I) is the classic case. Only the connected
@@ -378,10 +390,6 @@ class ConnectionTableConv(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer | None = None
     bias_init: Initializer = nn.initializers.zeros
-    impl: str = "custom"
-    precision: str | jax.lax.Precision | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -461,7 +469,7 @@ class BatchNorm(nn.BatchNorm):
         return super().__call__(x, use_running_average, **kwargs)
 
 
-class _NoParams(nn.Module):
+class _NoParams(_Layer):
     def _cast(self, x: jax.Array) -> jax.Array:
         return x if self.dtype is None else jnp.asarray(x, self.dtype)
 
@@ -477,8 +485,6 @@ class MaxPool(_NoParams):
     padding: Padding = 0
     dilation: int | Sequence[int] = 1
     ceil_mode: bool = False
-    impl: str = "custom"
-    dtype: Dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.max_pool(
@@ -503,8 +509,6 @@ class AvgPool(_NoParams):
     padding: Padding = 0
     ceil_mode: bool = False
     count_include_pad: bool = True
-    impl: str = "custom"
-    dtype: Dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.avg_pool(
@@ -525,8 +529,6 @@ class LpPool(_NoParams):
     window: Sequence[int]
     stride: int | Sequence[int] | None = None
     ceil_mode: bool = False
-    impl: str = "custom"
-    dtype: Dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.lp_pool(
@@ -552,8 +554,6 @@ class AdaptiveAvgPool(_NoParams):
     """
 
     output_size: int | Sequence[int]
-    impl: str = "custom"
-    dtype: Dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _adaptive_input(self._cast(x))
@@ -638,8 +638,6 @@ class LocalResponseNorm(_NoParams):
     alpha: float = 1e-4
     beta: float = 0.75
     k: float = 1.0
-    impl: str = "custom"
-    dtype: Dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.local_response_norm(
@@ -656,14 +654,12 @@ class LocalContrastNorm(_NoParams):
 
     size: int = 9
     sigma: float | None = None
-    impl: str = "custom"
-    dtype: Dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.local_contrast_norm(self._cast(x), self.size, self.sigma, impl=self.impl)
 
 
-class TrainableSubsampling(nn.Module):
+class TrainableSubsampling(_ParamLayer):
     """LeNet-5's subsampling layer (S2, S4): a window average times a trainable per-channel
     coefficient plus a trainable per-channel bias.
 
@@ -680,9 +676,6 @@ class TrainableSubsampling(nn.Module):
     window: int | Sequence[int] = 2
     coefficient_init: Initializer = nn.initializers.ones
     bias_init: Initializer = nn.initializers.zeros
-    impl: str = "custom"
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -20,6 +20,9 @@ ZFNet and VGG (their dense heads otherwise dominate, e.g. VGG's 102.8M-parameter
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pathlib
 import re
 
 import jax
@@ -420,3 +423,77 @@ def test_batch_stats_update_only_in_train_mode(name):
     ]
     assert all(changed)
     assert not np.allclose(train, evaluated)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter trees: checkpoints and torchvision imports depend on the exact paths and shapes
+# --------------------------------------------------------------------------------------------
+
+#: ``{name: {"leaves", "sha256"}}`` of the sorted ``[path, shape]`` list of every variable
+#: collection, recorded before the families took their layers from ``models.blocks``: a
+#: checkpoint saved then still loads.
+_TREES = json.loads((pathlib.Path(__file__).parent / "param_trees.json").read_text())
+
+
+def _tree_digest(name: str) -> tuple[int, str]:
+    info = get_model_info(name)
+    classes = info.default_num_classes if info.default_num_classes <= 10 else 7
+    model = create_model(name, num_classes=classes)
+    x = jax.ShapeDtypeStruct((2, *info.test_input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    items = sorted(
+        (jax.tree_util.keystr(path), list(leaf.shape))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]
+    )
+    return len(items), hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in sorted(_TREES)],
+)
+def test_parameter_tree_is_unchanged(name):
+    leaves, digest = _tree_digest(name)
+    assert {"leaves": leaves, "sha256": digest} == _TREES[name]
+
+
+def test_every_registered_model_has_a_recorded_tree():
+    assert sorted(_TREES) == list_models(task=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks: the plumbing is bound once, and a new normalisation needs no family edit
+# --------------------------------------------------------------------------------------------
+
+
+def test_plumbing_fields_and_builders_give_the_same_kit():
+    from cnnjax.models import ResNet, ResNetBlock
+    from cnnjax.models.blocks import Builders
+
+    kit = Builders(impl="xla", precision=jax.lax.Precision.HIGHEST, axis_name="batch")
+    by_fields = ResNet((1,), impl="xla", precision=jax.lax.Precision.HIGHEST, axis_name="batch")
+    assert by_fields.kit == ResNet((1,), builders=kit).kit == kit
+    # a field set on the module wins over its builders (how the train step binds axis_name)
+    assert ResNet((1,), builders=kit).clone(axis_name="shards").kit.axis_name == "shards"
+    assert ResNetBlock(8, impl="xla", bn_epsilon=0.0).kit == Builders(impl="xla", bn_epsilon=0.0)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet_bc_100_12", "mobilenet_v1", "vgg11_bn"])
+def test_a_new_normalisation_is_one_builders_subclass(name):
+    from flax import linen as nn
+
+    from cnnjax.models.blocks import Builders
+
+    class LayerNormBuilders(Builders):
+        def norm(self, train, **kwargs):
+            del train
+            return nn.LayerNorm(epsilon=self.bn_epsilon, dtype=self.dtype, **kwargs)
+
+    info = get_model_info(name)
+    overrides = {"head_width": 8} if name.startswith("vgg") else {}
+    model = create_model(name, num_classes=3, builders=LayerNormBuilders(impl="xla"), **overrides)
+    x = jnp.ones((2, *info.test_input_shape))
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert "batch_stats" not in variables  # every BatchNorm became a LayerNorm
+    logits = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    assert logits.shape == (2, 3)

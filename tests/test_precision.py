@@ -17,7 +17,7 @@ import pytest
 from jax import lax
 
 from cnnjax import layers, ops
-from cnnjax.models import create_model
+from cnnjax.models import create_model, get_model_info, list_models
 from cnnjax.ops._common import canonicalize_precision
 
 _CONV_CALLS = {
@@ -128,3 +128,51 @@ def test_config_and_cli_precision_reach_the_model():
     assert config.precision is None  # the backend default
     config.precision = "highest"
     assert build_run(config).model.precision is lax.Precision.HIGHEST
+
+
+def _precisions(jaxpr, found: list) -> list:
+    """``(primitive, precision)`` of every conv / dot equation in ``jaxpr`` and its sub-jaxprs
+    (custom_vjp / custom_jvp calls, pjit, cond branches, scans)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            found.append((eqn.primitive.name, eqn.params.get("precision")))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+                if hasattr(sub, "eqns"):
+                    _precisions(sub, found)
+    return found
+
+
+def _is_highest(precision) -> bool:
+    parts = precision if isinstance(precision, tuple) else (precision,)
+    return all(p == lax.Precision.HIGHEST for p in parts)
+
+
+@pytest.mark.parametrize("name", list_models(task=None))
+def test_precision_reaches_every_conv_and_dense_of_every_model(name):
+    """precision="highest" reaches every convolution and dense layer of every registered model,
+    forward (train=False) and forward + backward (train=True, the custom VJPs' backward convs
+    included), traced without running."""
+    info = get_model_info(name)
+    model = create_model(name, precision="highest")
+    x = jax.ShapeDtypeStruct((2, *info.test_input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    rngs = {"dropout": jax.random.key(1)}
+
+    def loss(params, rest, x):
+        out, _ = model.apply(
+            {"params": params, **rest}, x, train=True, rngs=rngs, mutable=["batch_stats"]
+        )
+        return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out))
+
+    params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    traced = (
+        jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x),
+        jax.make_jaxpr(jax.grad(loss))(params, rest, x),
+    )
+    for closed in traced:
+        found = _precisions(closed.jaxpr, [])
+        assert any(p == "conv_general_dilated" for p, _ in found), name
+        wrong = [(p, precision) for p, precision in found if not _is_highest(precision)]
+        assert not wrong, (name, wrong[:5])

@@ -13,7 +13,7 @@ models and building blocks, and list them in ``__all__``.
 """
 
 # Family modules: importing one registers its models.
-from cnnjax.models import alexnet, allconv, googlenet, lenet, nin, vgg, zfnet
+from cnnjax.models import alexnet, allconv, blocks, googlenet, lenet, nin, vgg, zfnet
 
 # Public models and building blocks, one line per family.
 from cnnjax.models.alexnet import AlexNet, AlexNetTorchvision
@@ -48,6 +48,7 @@ __all__ = [
     "ZFNet",
     "alexnet",
     "allconv",
+    "blocks",
     "create_model",
     "get_model_info",
     "googlenet",

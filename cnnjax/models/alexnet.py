@@ -46,12 +46,11 @@ count is 60,965,224 only at 227×227 (smaller inputs give a smaller fc6).
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 
-from cnnjax.layers import AdaptiveAvgPool, Conv, LocalResponseNorm, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule, mlp_head
 from cnnjax.models.registry import register_model
 
 __all__ = ["AlexNet", "AlexNetTorchvision"]
@@ -60,22 +59,27 @@ _PAPER_INIT = nn.initializers.normal(0.01)
 
 
 def paper_head(
-    module: nn.Module, x: jax.Array, train: bool, fc_bias_init: nn.initializers.Initializer
+    module: BuilderModule, x: jax.Array, train: bool, fc_bias_init: nn.initializers.Initializer
 ) -> jax.Array:
     """The classifier of AlexNet and ZFNet: fc6, fc7 (``module.head_width`` units, ReLU, dropout
     ``module.dropout_rate``) and fc8 (``module.num_classes`` logits), ``(N, F) -> (N,
     num_classes)``. Weights ``N(0, 0.01)``; fc6/fc7 biases ``fc_bias_init`` (AlexNet: 1, ZFNet:
     0), fc8's 0. Called inside ``module``'s compact ``__call__``, the layers are its submodules
-    ``fc6``, ``fc7``, ``fc8`` (the paths of checkpoints and of the NNX models); ``dtype`` and
-    ``precision`` are ``module``'s."""
-    dense = {"kernel_init": _PAPER_INIT, "dtype": module.dtype, "precision": module.precision}
-    for name in ("fc6", "fc7"):
-        x = nn.Dense(module.head_width, bias_init=fc_bias_init, name=name, **dense)(x)
-        x = nn.Dropout(module.dropout_rate, deterministic=not train)(nn.relu(x))
-    return nn.Dense(module.num_classes, name="fc8", **dense)(x)
+    ``fc6``, ``fc7``, ``fc8`` (the paths of checkpoints and of the NNX models), built by
+    ``module.kit``."""
+    return mlp_head(
+        module.kit,
+        x,
+        (module.head_width, module.head_width, module.num_classes),
+        ("fc6", "fc7", "fc8"),
+        train=train,
+        dropout_rate=module.dropout_rate,
+        hidden_bias_init=fc_bias_init,
+        kernel_init=_PAPER_INIT,
+    )
 
 
-class AlexNet(nn.Module):
+class AlexNet(BuilderModule):
     """AlexNet as in Krizhevsky et al. 2012 (two-tower ``groups=2`` convs, LRN), 227×227 input.
 
     ``(N, 227, 227, 3) -> (N, num_classes)`` logits; see the module docstring for the layers.
@@ -83,9 +87,6 @@ class AlexNet(nn.Module):
     """
 
     num_classes: int = 1000
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     head_width: int = 4096
     dropout_rate: float = 0.5
 
@@ -94,27 +95,25 @@ class AlexNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="AlexNet (alexnet)", min_size=self.min_input_size)
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
+        b = self.kit
 
         def conv(features, kernel, stride=1, padding=0, groups=1, bias=0.0, name=None):
-            return Conv(
+            return b.conv(
                 features,
-                (kernel, kernel),
+                kernel,
                 stride=stride,
                 padding=padding,
                 groups=groups,
                 kernel_init=_PAPER_INIT,
                 bias_init=nn.initializers.constant(bias),
                 name=name,
-                **conv_kw,
             )
 
         def pool(y):
-            return MaxPool((3, 3), stride=2, **common)(y)
+            return b.max_pool(3, stride=2)(y)
 
         def lrn(y):
-            return LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0, **common)(y)
+            return b.lrn(5, alpha=5 * 1e-4, beta=0.75, k=2.0)(y)
 
         x = pool(lrn(nn.relu(conv(96, 11, stride=4, name="conv1")(x))))
         x = pool(lrn(nn.relu(conv(256, 5, padding=2, groups=2, bias=1.0, name="conv2")(x))))
@@ -124,7 +123,7 @@ class AlexNet(nn.Module):
         return paper_head(self, x.reshape(x.shape[0], -1), train, nn.initializers.ones)
 
 
-class AlexNetTorchvision(nn.Module):
+class AlexNetTorchvision(BuilderModule):
     """torchvision's single-tower AlexNet (64/192/384/256/256, adaptive pool to 6×6), 224×224.
 
     ``(N, H, W, 3) -> (N, num_classes)`` logits, ``H, W >= 63``; 61,100,840 parameters with
@@ -132,9 +131,6 @@ class AlexNetTorchvision(nn.Module):
     """
 
     num_classes: int = 1000
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     head_width: int = 4096
     dropout_rate: float = 0.5
 
@@ -145,36 +141,27 @@ class AlexNetTorchvision(nn.Module):
         check_input_size(
             x, model="AlexNetTorchvision (alexnet_torchvision)", min_size=self.min_input_size
         )
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
+        b = self.kit
 
         def pool(y):
-            return MaxPool((3, 3), stride=2, **common)(y)
+            return b.max_pool(3, stride=2)(y)
 
-        x = pool(nn.relu(Conv(64, (11, 11), stride=4, padding=2, name="conv1", **conv_kw)(x)))
-        x = pool(nn.relu(Conv(192, (5, 5), padding=2, name="conv2", **conv_kw)(x)))
-        x = nn.relu(Conv(384, (3, 3), padding=1, name="conv3", **conv_kw)(x))
-        x = nn.relu(Conv(256, (3, 3), padding=1, name="conv4", **conv_kw)(x))
-        x = pool(nn.relu(Conv(256, (3, 3), padding=1, name="conv5", **conv_kw)(x)))
-        x = AdaptiveAvgPool((6, 6), **common)(x)
-        x = x.reshape(x.shape[0], -1)
-        for name in ("fc6", "fc7"):
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.Dense(
-                self.head_width,
-                kernel_init=_PAPER_INIT,
-                dtype=self.dtype,
-                name=name,
-                precision=self.precision,
-            )(x)
-            x = nn.relu(x)
-        return nn.Dense(
-            self.num_classes,
+        x = pool(nn.relu(b.conv(64, 11, stride=4, padding=2, name="conv1")(x)))
+        x = pool(nn.relu(b.conv(192, 5, padding=2, name="conv2")(x)))
+        x = nn.relu(b.conv(384, 3, padding=1, name="conv3")(x))
+        x = nn.relu(b.conv(256, 3, padding=1, name="conv4")(x))
+        x = pool(nn.relu(b.conv(256, 3, padding=1, name="conv5")(x)))
+        x = b.adaptive_avg_pool(6)(x)
+        return mlp_head(
+            b,
+            x.reshape(x.shape[0], -1),
+            (self.head_width, self.head_width, self.num_classes),
+            ("fc6", "fc7", "fc8"),
+            train=train,
+            dropout_rate=self.dropout_rate,
+            dropout_first=True,
             kernel_init=_PAPER_INIT,
-            dtype=self.dtype,
-            name="fc8",
-            precision=self.precision,
-        )(x)
+        )
 
 
 register_model(

@@ -27,19 +27,17 @@ does not state its initialisation), biases 0. Parameters with 10 classes: 1,369,
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 
-from cnnjax import ops
-from cnnjax.layers import Conv, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule
 from cnnjax.models.registry import register_model
 
 __all__ = ["AllConvNet"]
 
 
-class AllConvNet(nn.Module):
+class AllConvNet(BuilderModule):
     """All-CNN-C (Springenberg et al. 2015). ``(N, 32, 32, 3) -> (N, num_classes)`` logits.
 
     Any ``H, W >= 9`` runs (the valid 3×3 conv then sees 3×3 maps).
@@ -51,9 +49,6 @@ class AllConvNet(nn.Module):
     """
 
     num_classes: int = 10
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     widths: tuple[int, int] = (96, 192)
     final_relu: bool = True
     input_dropout: float = 0.2
@@ -64,12 +59,10 @@ class AllConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="AllConvNet (allconv_c)", min_size=self.min_input_size)
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
+        b = self.kit
 
         def conv_relu(y, features, kernel, stride=1, padding=0):
-            layer = Conv(features, (kernel, kernel), stride=stride, padding=padding, **conv_kw)
-            return nn.relu(layer(y))
+            return nn.relu(b.conv(features, kernel, stride=stride, padding=padding)(y))
 
         x = nn.Dropout(self.input_dropout, deterministic=not train)(x)
         for width in self.widths:
@@ -79,10 +72,10 @@ class AllConvNet(nn.Module):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = conv_relu(x, self.widths[-1], 3)
         x = conv_relu(x, self.widths[-1], 1)
-        x = Conv(self.num_classes, (1, 1), **conv_kw)(x)
+        x = b.conv(self.num_classes, 1)(x)
         if self.final_relu:
             x = nn.relu(x)
-        return ops.global_avg_pool(x, impl=self.impl)
+        return b.global_avg_pool(x)
 
 
 register_model(

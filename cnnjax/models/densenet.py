@@ -35,8 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax import ops
-from cnnjax.layers import AvgPool, BatchNorm, Conv, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule, Builders, classifier, conv_bn_act
 from cnnjax.models.registry import register_model
 
 __all__ = [
@@ -55,34 +55,15 @@ _PAPER = (
 )
 
 
-def _bn_relu(module: nn.Module, x: jax.Array, train: bool, name: str) -> jax.Array:
-    """BatchNorm (with the module's BN fields) then ReLU, created inside ``module``."""
-    norm = BatchNorm(
-        use_running_average=not train,
-        momentum=module.bn_momentum,
-        epsilon=module.bn_epsilon,
-        axis_name=module.axis_name,
-        dtype=module.dtype,
-        name=name,
-    )
-    return nn.relu(norm(x))
+def _bn_relu_conv(
+    b: Builders, x: jax.Array, train: bool, features: int, kernel: int, names: tuple[str, str]
+) -> jax.Array:
+    """DenseNet's pre-activation layer: BN-ReLU, then a bias-free "same" conv (``names``)."""
+    x = nn.relu(b.norm(train, name=names[0])(x))
+    return b.conv(features, kernel, padding=kernel // 2, use_bias=False, name=names[1])(x)
 
 
-def _conv(module: nn.Module, x: jax.Array, features: int, kernel: int, name: str) -> jax.Array:
-    """A bias-free ``kernel``×``kernel`` conv with "same" padding, created inside ``module``."""
-    return Conv(
-        features,
-        (kernel, kernel),
-        padding=kernel // 2,
-        use_bias=False,
-        impl=module.impl,
-        dtype=module.dtype,
-        name=name,
-        precision=module.precision,
-    )(x)
-
-
-class DenseBlock(nn.Module):
+class DenseBlock(BuilderModule):
     """``num_layers`` densely connected bottleneck layers.
 
     ``(N, H, W, C) -> (N, H, W, C + num_layers * growth_rate)``. Layer ``l`` (named
@@ -94,33 +75,29 @@ class DenseBlock(nn.Module):
     Attributes:
       num_layers: layers in the block. growth_rate: ``k``, channels each layer adds.
       bn_size: bottleneck width multiplier (4 in the paper).
-      axis_name: BatchNorm's cross-device axis.
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     num_layers: int = 6
     growth_rate: int = 32
     bn_size: int = 4
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        features = [x]
+        b, features = self.kit, [x]
         for i in range(self.num_layers):
             name = f"denselayer{i + 1}"
             y = jnp.concatenate(features, axis=-1) if len(features) > 1 else x
-            y = _bn_relu(self, y, train, f"{name}_norm1")
-            y = _conv(self, y, self.bn_size * self.growth_rate, 1, f"{name}_conv1")
-            y = _bn_relu(self, y, train, f"{name}_norm2")
-            features.append(_conv(self, y, self.growth_rate, 3, f"{name}_conv2"))
+            width = self.bn_size * self.growth_rate
+            y = _bn_relu_conv(b, y, train, width, 1, (f"{name}_norm1", f"{name}_conv1"))
+            y = _bn_relu_conv(b, y, train, self.growth_rate, 3, (f"{name}_norm2", f"{name}_conv2"))
+            features.append(y)
         return jnp.concatenate(features, axis=-1)
 
 
-class Transition(nn.Module):
+class Transition(BuilderModule):
     """Transition between dense blocks: BN-ReLU-Conv1x1-AvgPool 2×2/2.
 
     ``(N, H, W, C) -> (N, H//2, W//2, features)`` with ``features = floor(compression * C)``
@@ -129,21 +106,15 @@ class Transition(nn.Module):
 
     features: int | None = None
     compression: float = 0.5
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         features = self.features or int(self.compression * x.shape[-1])
-        x = _conv(self, _bn_relu(self, x, train, "norm"), features, 1, "conv")
-        return AvgPool((2, 2), stride=2, impl=self.impl, dtype=self.dtype, name="pool")(x)
+        x = _bn_relu_conv(self.kit, x, train, features, 1, ("norm", "conv"))
+        return self.kit.avg_pool(2, stride=2, name="pool")(x)
 
 
-class DenseNet(nn.Module):
+class DenseNet(BuilderModule):
     """A DenseNet-BC: stem, dense blocks separated by transitions, BN-ReLU, pool, classifier.
 
     Input ``(N, H, W, C)``; returns logits ``(N, num_classes)``.
@@ -153,7 +124,9 @@ class DenseNet(nn.Module):
       growth_rate: ``k``. init_features: stem filters (``2k`` in the paper: 64 for ``k=32``).
       bn_size: bottleneck multiplier (4). compression: ``θ`` of the transitions (0.5).
       stem: ``"imagenet"`` (7×7/2 conv, BN-ReLU, 3×3/2 max pool) or ``"cifar"`` (3×3/1 conv).
-      axis_name: passed to every BatchNorm.
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
 
     Submodule names follow torchvision's ``features.*`` without the ``features.`` prefix
     (``conv0``, ``norm0``, ``denseblock1/denselayer1_conv1``, ``transition1/conv``, ``norm5``)
@@ -167,43 +140,19 @@ class DenseNet(nn.Module):
     compression: float = 0.5
     stem: str = "imagenet"
     num_classes: int = 1000
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="DenseNet", min_size=_min_input_size(self.block_sizes, self.stem))
-        common = {
-            "axis_name": self.axis_name,
-            "bn_momentum": self.bn_momentum,
-            "bn_epsilon": self.bn_epsilon,
-            "impl": self.impl,
-            "precision": self.precision,
-            "dtype": self.dtype,
-        }
-        norm = functools.partial(
-            BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-        )
-        conv = functools.partial(
-            Conv, use_bias=False, impl=self.impl, dtype=self.dtype, precision=self.precision
-        )
+        b = self.kit
         if self.stem == "imagenet":
-            x = conv(self.init_features, (7, 7), stride=2, padding=3, name="conv0")(x)
-            x = nn.relu(norm(name="norm0")(x))
-            x = MaxPool(
-                (3, 3), stride=2, padding=1, impl=self.impl, dtype=self.dtype, name="pool0"
-            )(x)
+            x = conv_bn_act(
+                b, x, self.init_features, 7, train=train, name="conv0", norm_name="norm0",
+                stride=2, padding=3, use_bias=False,
+            )  # fmt: skip
+            x = b.max_pool(3, stride=2, padding=1, name="pool0")(x)
         elif self.stem == "cifar":
-            x = conv(self.init_features, (3, 3), padding=1, name="conv0")(x)
+            x = b.conv(self.init_features, 3, padding=1, use_bias=False, name="conv0")(x)
         else:
             raise ValueError(f'DenseNet: stem must be "imagenet" or "cifar", got {self.stem!r}')
         for i, layers in enumerate(self.block_sizes):
@@ -211,18 +160,16 @@ class DenseNet(nn.Module):
                 num_layers=layers,
                 growth_rate=self.growth_rate,
                 bn_size=self.bn_size,
+                builders=b,
                 name=f"denseblock{i + 1}",
-                **common,
             )(x, train)
             if i < len(self.block_sizes) - 1:
-                x = Transition(compression=self.compression, name=f"transition{i + 1}", **common)(
-                    x, train
+                transition = Transition(
+                    compression=self.compression, builders=b, name=f"transition{i + 1}"
                 )
-        x = nn.relu(norm(name=f"norm{len(self.block_sizes) + 1}")(x))
-        x = ops.global_avg_pool(x, impl=self.impl)
-        return nn.Dense(
-            self.num_classes, dtype=self.dtype, name="classifier", precision=self.precision
-        )(x)
+                x = transition(x, train)
+        x = nn.relu(b.norm(train, name=f"norm{len(self.block_sizes) + 1}")(x))
+        return classifier(b, x, self.num_classes, name="classifier")
 
 
 def _min_input_size(block_sizes: Sequence[int], stem: str) -> int:

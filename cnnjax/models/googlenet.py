@@ -35,8 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax import ops
-from cnnjax.layers import AvgPool, Conv, LocalResponseNorm, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule, classifier
 from cnnjax.models.registry import register_model
 
 __all__ = ["GOOGLENET_INCEPTION_CONFIGS", "GoogLeNet", "InceptionBlock"]
@@ -57,7 +57,7 @@ GOOGLENET_INCEPTION_CONFIGS: dict[str, tuple[int, int, int, int, int, int]] = {
 }
 
 
-class InceptionBlock(nn.Module):
+class InceptionBlock(BuilderModule):
     """The inception module with dimension reductions (Szegedy et al. 2014, Fig. 2b).
 
     Four parallel branches on ``(N, H, W, C)``, concatenated on channels into
@@ -77,24 +77,14 @@ class InceptionBlock(nn.Module):
     ch5x5_reduce: int
     ch5x5: int
     pool_proj: int
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     kernel_init: Any = _INIT
     act: Any = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         def conv(features, kernel, name):
-            layer = Conv(
-                features,
-                (kernel, kernel),
-                padding=kernel // 2,
-                kernel_init=self.kernel_init,
-                impl=self.impl,
-                dtype=self.dtype,
-                name=name,
-                precision=self.precision,
+            layer = self.kit.conv(
+                features, kernel, padding=kernel // 2, kernel_init=self.kernel_init, name=name
             )
             return lambda y: self.act(layer(y))
 
@@ -103,42 +93,31 @@ class InceptionBlock(nn.Module):
         branch3 = conv(self.ch3x3, 3, "branch3x3")(branch3)
         branch5 = conv(self.ch5x5_reduce, 1, "branch5x5_reduce")(x)
         branch5 = conv(self.ch5x5, 5, "branch5x5")(branch5)
-        branch_pool = MaxPool((3, 3), stride=1, padding=1, impl=self.impl, dtype=self.dtype)(x)
+        branch_pool = self.kit.max_pool(3, stride=1, padding=1)(x)
         branch_pool = conv(self.pool_proj, 1, "pool_proj")(branch_pool)
         return jnp.concatenate([branch1, branch3, branch5, branch_pool], axis=-1)
 
 
-class _AuxClassifier(nn.Module):
+class _AuxClassifier(BuilderModule):
     """Auxiliary head (§5): avg 5×5/3 → 1×1 conv 128 → dense 1024 → dropout 0.7 → classes."""
 
     num_classes: int
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
-        x = AvgPool((5, 5), stride=3, **common)(x)
-        x = nn.relu(Conv(128, (1, 1), kernel_init=_INIT, name="conv", **conv_kw)(x))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(
-            nn.Dense(
-                1024, kernel_init=_INIT, dtype=self.dtype, name="fc1", precision=self.precision
-            )(x)
-        )
+        b = self.kit
+        x = b.avg_pool(5, stride=3)(x)
+        x = nn.relu(b.conv(128, 1, kernel_init=_INIT, name="conv")(x))
+        x = nn.relu(b.dense(1024, kernel_init=_INIT, name="fc1")(x.reshape(x.shape[0], -1)))
         x = nn.Dropout(0.7, deterministic=not train)(x)
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=_INIT,
-            dtype=self.dtype,
-            name="fc2",
-            precision=self.precision,
-        )(x)
+        return b.dense(self.num_classes, kernel_init=_INIT, name="fc2")(x)
 
 
-class GoogLeNet(nn.Module):
+#: GoogLeNet's body after the stem (Table 1): inception blocks and 3×3/2 max pools.
+_BODY = ("3a", "3b", "pool", "4a", "4b", "4c", "4d", "4e", "pool", "5a", "5b")
+
+
+class GoogLeNet(BuilderModule):
     """GoogLeNet (Szegedy et al. 2014). ``(N, 224, 224, 3) -> (N, num_classes)`` logits.
 
     In training mode with ``aux_logits=True`` (default) returns
@@ -147,9 +126,6 @@ class GoogLeNet(nn.Module):
     """
 
     num_classes: int = 1000
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     aux_logits: bool = True
     dropout_rate: float = 0.4
 
@@ -162,24 +138,17 @@ class GoogLeNet(nn.Module):
         self, x: jax.Array, train: bool
     ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         check_input_size(x, model="GoogLeNet (googlenet)", min_size=self.min_input_size)
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
+        b = self.kit
 
         def pool(y):
-            return MaxPool((3, 3), stride=2, ceil_mode=True, **common)(y)
+            return b.max_pool(3, stride=2, ceil_mode=True)(y)
 
         def lrn(y):
-            return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, **common)(y)
+            return b.lrn(5, alpha=1e-4, beta=0.75)(y)
 
         def conv(features, kernel, stride=1, name=None):
-            layer = Conv(
-                features,
-                (kernel, kernel),
-                stride=stride,
-                padding=kernel // 2,
-                kernel_init=_INIT,
-                name=name,
-                **conv_kw,
+            layer = b.conv(
+                features, kernel, stride=stride, padding=kernel // 2, kernel_init=_INIT, name=name
             )
             return lambda y: nn.relu(layer(y))
 
@@ -188,25 +157,19 @@ class GoogLeNet(nn.Module):
         x = pool(lrn(conv(192, 3, name="conv2")(x)))
         aux = []
         run_aux = self.aux_logits and (train or self.is_initializing())
-        for block in ("3a", "3b", "pool", "4a", "4b", "4c", "4d", "4e", "pool", "5a", "5b"):
+        for block in _BODY:
             if block == "pool":
                 x = pool(x)
                 continue
-            x = InceptionBlock(
-                *GOOGLENET_INCEPTION_CONFIGS[block], name=f"inception{block}", **conv_kw
-            )(x)
+            config = GOOGLENET_INCEPTION_CONFIGS[block]
+            x = InceptionBlock(*config, name=f"inception{block}", builders=b)(x)
             if run_aux and block in ("4a", "4d"):
-                head = _AuxClassifier(self.num_classes, name=f"aux{len(aux) + 1}", **conv_kw)
+                head = _AuxClassifier(self.num_classes, name=f"aux{len(aux) + 1}", builders=b)
                 aux.append(head(x, train))
-        x = ops.global_avg_pool(x, impl=self.impl)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(
-            self.num_classes,
+        logits = classifier(
+            b, x, self.num_classes, name="fc", train=train, dropout_rate=self.dropout_rate,
             kernel_init=_INIT,
-            dtype=self.dtype,
-            name="fc",
-            precision=self.precision,
-        )(x)
+        )  # fmt: skip
         if self.aux_logits and train:
             return logits, (aux[0], aux[1])
         return logits

@@ -39,20 +39,13 @@ see the non-contiguous ``{0,1,3,4}``, ``{1,2,4,5}``, ``{0,2,3,5}`` and map 15 se
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.layers import (
-    ConnectionTableConv,
-    Conv,
-    TrainableSubsampling,
-    check_input_size,
-    lecun1998_uniform,
-)
+from cnnjax.layers import check_input_size, lecun1998_uniform
+from cnnjax.models.blocks import BuilderModule
 from cnnjax.models.registry import register_model
 
 __all__ = ["LENET5_C3_TABLE", "LeNet5", "scaled_tanh"]
@@ -75,7 +68,7 @@ def scaled_tanh(x: jax.Array) -> jax.Array:
     return 1.7159 * jnp.tanh(x * (2.0 / 3.0))
 
 
-class LeNet5(nn.Module):
+class LeNet5(BuilderModule):
     """LeNet-5 (LeCun et al. 1998). Input ``(N, 32, 32, 1)``; returns logits ``(N, num_classes)``.
 
     Larger inputs run too (C5's maps are then larger than 1×1 and F6's fan-in grows). ``train``
@@ -89,9 +82,6 @@ class LeNet5(nn.Module):
     """
 
     num_classes: int = 10
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     output: str = "softmax"
     rbf_seed: int = 0
 
@@ -103,26 +93,15 @@ class LeNet5(nn.Module):
         check_input_size(x, model="LeNet5 (lenet5)", min_size=self.min_input_size)
         if self.output not in ("softmax", "rbf"):
             raise ValueError(f'LeNet5: output must be "softmax" or "rbf", got {self.output!r}')
-        init = lecun1998_uniform()
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
-        x = scaled_tanh(Conv(6, (5, 5), kernel_init=init, name="C1", **conv_kw)(x))
-        x = scaled_tanh(TrainableSubsampling(2, name="S2", **common)(x))
-        x = scaled_tanh(ConnectionTableConv(LENET5_C3_TABLE, (5, 5), name="C3", **conv_kw)(x))
-        x = scaled_tanh(TrainableSubsampling(2, name="S4", **common)(x))
-        x = scaled_tanh(Conv(120, (5, 5), kernel_init=init, name="C5", **conv_kw)(x))
-        x = x.reshape(x.shape[0], -1)
-        x = scaled_tanh(
-            nn.Dense(84, kernel_init=init, dtype=self.dtype, name="F6", precision=self.precision)(x)
-        )
+        b, init = self.kit, lecun1998_uniform()
+        x = scaled_tanh(b.conv(6, 5, kernel_init=init, name="C1")(x))
+        x = scaled_tanh(b.subsampling(2, name="S2")(x))
+        x = scaled_tanh(b.connection_table_conv(LENET5_C3_TABLE, 5, name="C3")(x))
+        x = scaled_tanh(b.subsampling(2, name="S4")(x))
+        x = scaled_tanh(b.conv(120, 5, kernel_init=init, name="C5")(x))
+        x = scaled_tanh(b.dense(84, kernel_init=init, name="F6")(x.reshape(x.shape[0], -1)))
         if self.output == "softmax":
-            return nn.Dense(
-                self.num_classes,
-                kernel_init=init,
-                dtype=self.dtype,
-                name="output",
-                precision=self.precision,
-            )(x)
+            return b.dense(self.num_classes, kernel_init=init, name="output")(x)
         codes = np.random.default_rng(self.rbf_seed).choice([-1.0, 1.0], (self.num_classes, 84))
         codes = jnp.asarray(codes, x.dtype)
         return -jnp.sum((x[:, None, :] - codes[None, :, :]) ** 2, axis=-1)

@@ -22,14 +22,11 @@ running statistics are non-trainable), Keras' count.
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import flax.linen as nn
 import jax
 
-from cnnjax import ops
-from cnnjax.layers import BatchNorm, Conv, DepthwiseConv, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule, classifier, conv_bn_act
 from cnnjax.models.registry import register_model
 
 __all__ = ["MOBILENET_V1_BLOCKS", "MobileNetV1", "SeparableBlock", "mobilenet_v1"]
@@ -48,7 +45,7 @@ MOBILENET_V1_BLOCKS: tuple[tuple[int, int], ...] = (
 )
 
 
-class SeparableBlock(nn.Module):
+class SeparableBlock(BuilderModule):
     """Depthwise 3×3 conv + BN + ReLU, then pointwise 1×1 conv + BN + ReLU (paper Fig. 3).
 
     ``(N, H, W, C) -> (N, ceil(H/s), ceil(W/s), features)``; convs have no biases (BN follows),
@@ -57,52 +54,26 @@ class SeparableBlock(nn.Module):
 
     Attributes:
       features: pointwise output channels. stride: of the depthwise conv.
-      axis_name: BatchNorm's cross-device axis.
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     features: int
     stride: int = 1
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(
-            BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-        )
-        x = DepthwiseConv(
-            (3, 3),
-            stride=self.stride,
-            padding=1,
+        b = self.kit
+        x = b.depthwise_conv(3, stride=self.stride, padding=1, use_bias=False, name="depthwise")(x)
+        x = nn.relu(b.norm(train, name="depthwise_bn")(x))
+        return conv_bn_act(
+            b, x, self.features, 1, train=train, name="pointwise", norm_name="pointwise_bn",
             use_bias=False,
-            impl=self.impl,
-            dtype=self.dtype,
-            name="depthwise",
-            precision=self.precision,
-        )(x)
-        x = nn.relu(norm(name="depthwise_bn")(x))
-        x = Conv(
-            self.features,
-            (1, 1),
-            use_bias=False,
-            impl=self.impl,
-            dtype=self.dtype,
-            name="pointwise",
-            precision=self.precision,
-        )(x)
-        return nn.relu(norm(name="pointwise_bn")(x))
+        )  # fmt: skip
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(BuilderModule):
     """MobileNet v1: 3×3/2 conv, 13 :class:`SeparableBlock` s, global average pool, classifier.
 
     Input ``(N, H, W, C)``; returns logits ``(N, num_classes)``.
@@ -114,7 +85,9 @@ class MobileNetV1(nn.Module):
       blocks: ``(filters, stride)`` of the separable blocks (default the paper's).
       dropout_rate: before the classifier (Keras uses 1e-3; the paper does not say); needs a
         ``dropout`` rng when ``train=True`` and the rate is positive.
-      axis_name: passed to every BatchNorm.
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     alpha: float = 1.0
@@ -122,12 +95,6 @@ class MobileNetV1(nn.Module):
     blocks: tuple[tuple[int, int], ...] = MOBILENET_V1_BLOCKS
     num_classes: int = 1000
     dropout_rate: float = 0.0
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
     min_input_size = 1  # every stride-2 conv pads, so even a 1×1 image runs
 
@@ -141,43 +108,19 @@ class MobileNetV1(nn.Module):
             )
         if self.alpha <= 0:
             raise ValueError(f"MobileNetV1: alpha must be positive, got {self.alpha}")
-        common = {
-            "axis_name": self.axis_name,
-            "bn_momentum": self.bn_momentum,
-            "bn_epsilon": self.bn_epsilon,
-            "impl": self.impl,
-            "precision": self.precision,
-            "dtype": self.dtype,
-        }
-        x = Conv(
-            int(32 * self.alpha),
-            (3, 3),
-            stride=2,
-            padding=1,
-            use_bias=False,
-            impl=self.impl,
-            dtype=self.dtype,
-            name="conv1",
-            precision=self.precision,
-        )(x)
-        x = BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-            name="conv1_bn",
-        )(x)
-        x = nn.relu(x)
+        b = self.kit
+        x = conv_bn_act(
+            b, x, int(32 * self.alpha), 3, train=train, name="conv1", norm_name="conv1_bn",
+            stride=2, padding=1, use_bias=False,
+        )  # fmt: skip
         for i, (features, stride) in enumerate(self.blocks):
-            x = SeparableBlock(int(features * self.alpha), stride, name=f"block{i + 1}", **common)(
-                x, train
+            block = SeparableBlock(
+                int(features * self.alpha), stride, builders=b, name=f"block{i + 1}"
             )
-        x = ops.global_avg_pool(x, impl=self.impl)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(
-            self.num_classes, dtype=self.dtype, name="classifier", precision=self.precision
-        )(x)
+            x = block(x, train)
+        return classifier(
+            b, x, self.num_classes, name="classifier", train=train, dropout_rate=self.dropout_rate
+        )
 
 
 mobilenet_v1 = register_model(

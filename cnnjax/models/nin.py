@@ -20,19 +20,17 @@ Caffe's file uses Gaussians of std 0.05), biases 0. Parameters with 10 classes: 
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 
-from cnnjax import ops
-from cnnjax.layers import AvgPool, Conv, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule
 from cnnjax.models.registry import register_model
 
 __all__ = ["MLPConvBlock", "NiN"]
 
 
-class MLPConvBlock(nn.Module):
+class MLPConvBlock(BuilderModule):
     """An mlpconv block (Lin et al. 2014, Fig. 2): a ``kernel_size`` conv then 1×1 convs.
 
     ``(N, H, W, C) -> (N, H, W, features[-1])`` (spatial convs use padding ``k // 2``); every
@@ -41,38 +39,25 @@ class MLPConvBlock(nn.Module):
 
     features: tuple[int, ...]
     kernel_size: int
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     final_relu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, features in enumerate(self.features):
             kernel = self.kernel_size if i == 0 else 1
-            x = Conv(
-                features,
-                (kernel, kernel),
-                padding=kernel // 2,
-                impl=self.impl,
-                dtype=self.dtype,
-                precision=self.precision,
-            )(x)
+            x = self.kit.conv(features, kernel, padding=kernel // 2)(x)
             if self.final_relu or i < len(self.features) - 1:
                 x = nn.relu(x)
         return x
 
 
-class NiN(nn.Module):
+class NiN(BuilderModule):
     """Network in Network for CIFAR-10 (Lin et al. 2014). ``(N, 32, 32, 3) -> (N, classes)``.
 
     Any ``H, W >= 4`` runs (ceil-mode windows may overhang the input, as in PyTorch).
     """
 
     num_classes: int = 10
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     final_relu: bool = True
     dropout_rate: float = 0.5
 
@@ -81,16 +66,15 @@ class NiN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="NiN (nin)", min_size=self.min_input_size)
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
-        x = MLPConvBlock((192, 160, 96), 5, **conv_kw)(x)
-        x = MaxPool((3, 3), stride=2, ceil_mode=True, **common)(x)
+        b = self.kit
+        x = MLPConvBlock((192, 160, 96), 5, builders=b)(x)
+        x = b.max_pool(3, stride=2, ceil_mode=True)(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = MLPConvBlock((192, 192, 192), 5, **conv_kw)(x)
-        x = AvgPool((3, 3), stride=2, ceil_mode=True, count_include_pad=False, **common)(x)
+        x = MLPConvBlock((192, 192, 192), 5, builders=b)(x)
+        x = b.avg_pool(3, stride=2, ceil_mode=True, count_include_pad=False)(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = MLPConvBlock((192, 192, self.num_classes), 3, final_relu=self.final_relu, **conv_kw)(x)
-        return ops.global_avg_pool(x, impl=self.impl)
+        x = MLPConvBlock((192, 192, self.num_classes), 3, final_relu=self.final_relu, builders=b)(x)
+        return b.global_avg_pool(x)
 
 
 register_model(

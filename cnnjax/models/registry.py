@@ -24,6 +24,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import numpy as np
 
+from cnnjax.layers import Impl
 from cnnjax.ops._common import canonicalize_precision
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
@@ -118,7 +119,7 @@ def create_model(
     name: str,
     *,
     num_classes: int | None = None,
-    impl: str = "custom",
+    impl: Impl = "custom",
     dtype=None,
     precision=None,
     api: str = "linen",

@@ -19,7 +19,8 @@ Two families share one :class:`ResNet` module:
 A residual block computes ``y = relu(F(x) + shortcut(x))`` with ``F`` two 3×3 convs
 (:class:`ResNetBlock`) or 1×1 → 3×3 → 1×1 with 4× expansion (:class:`BottleneckBlock`). BatchNorm
 uses PyTorch's constants (momentum 0.1, i.e. flax ``momentum=0.9``, and ``epsilon=1e-5``) and
-``axis_name`` for cross-device statistics; ``train=True`` normalises with batch statistics and
+``axis_name`` for cross-device statistics (the plumbing of
+:class:`~cnnjax.models.blocks.BuilderModule`); ``train=True`` normalises with batch statistics and
 updates ``batch_stats`` (apply with ``mutable=["batch_stats"]``).
 
 >>> import jax, jax.numpy as jnp
@@ -38,10 +39,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from cnnjax import ops
-from cnnjax.layers import BatchNorm, Conv, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule, classifier, conv_bn_act, option_a_shortcut
 from cnnjax.models.registry import register_model
 
 __all__ = [
@@ -64,58 +64,28 @@ __all__ = [
 _PAPER = "He, Zhang, Ren & Sun 2016, Deep residual learning for image recognition, CVPR"
 
 
-def option_a_shortcut(x: jax.Array, features: int, stride: int) -> jax.Array:
-    """The paper's option-A shortcut: identity, subsampled by ``stride``, new channels zero.
-
-    ``(N, H, W, C) -> (N, ceil(H/s), ceil(W/s), features)`` with ``features >= C``: takes every
-    ``stride``-th pixel (the same grid as a stride-``s`` conv with padding 1) and appends
-    ``features - C`` channels of zeros, so it has no parameters (He et al. 2016, §3.3 and §4.2).
-    """
-    if features < x.shape[-1]:
-        raise ValueError(f"option-A shortcut cannot reduce channels: {x.shape[-1]} -> {features}")
-    if stride > 1:
-        x = x[:, ::stride, ::stride, :]
-    pad = features - x.shape[-1]
-    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad))) if pad else x
-
-
-class _BlockFields(nn.Module):
-    """Fields shared by the residual blocks (not a module on its own)."""
+class _Residual(BuilderModule):
+    """Fields and layers shared by the residual blocks (not a module on its own)."""
 
     features: int
     stride: int = 1
     shortcut: str = "projection"
     zero_init_residual: bool = False
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
-    def _conv(self, features: int, kernel: int, stride: int, name: str) -> Conv:
-        return Conv(
-            features,
-            (kernel, kernel),
-            stride=stride,
-            padding=kernel // 2,
-            use_bias=False,
-            impl=self.impl,
-            dtype=self.dtype,
-            name=name,
-            precision=self.precision,
-        )
+    def _conv_bn(
+        self, x: jax.Array, features: int, kernel: int, stride: int, i: int, train: bool
+    ) -> jax.Array:
+        """``bn{i}(conv{i}(x))``: a bias-free "same" conv and its BatchNorm."""
+        return conv_bn_act(
+            self.kit, x, features, kernel, train=train, name=f"conv{i}", norm_name=f"bn{i}",
+            act=None, stride=stride, padding=kernel // 2, use_bias=False,
+        )  # fmt: skip
 
-    def _norm(self, train: bool, name: str, zero: bool = False) -> BatchNorm:
-        return BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-            scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
-            name=name,
-        )
+    def _last_bn(self, x: jax.Array, i: int, train: bool) -> jax.Array:
+        """The block's last BN, starting at scale 0 with ``zero_init_residual``."""
+        zero = self.zero_init_residual
+        init = nn.initializers.zeros if zero else nn.initializers.ones
+        return self.kit.norm(train, scale_init=init, name=f"bn{i}")(x)
 
     def _shortcut(self, x: jax.Array, out_features: int, train: bool) -> jax.Array:
         if self.stride == 1 and x.shape[-1] == out_features:
@@ -124,11 +94,13 @@ class _BlockFields(nn.Module):
             return option_a_shortcut(x, out_features, self.stride)
         if self.shortcut != "projection":
             raise ValueError(f'shortcut must be "projection" or "pad", got {self.shortcut!r}')
-        x = self._conv(out_features, 1, self.stride, "downsample_conv")(x)
-        return self._norm(train, "downsample_bn")(x)
+        return conv_bn_act(
+            self.kit, x, out_features, 1, train=train, name="downsample_conv",
+            norm_name="downsample_bn", act=None, stride=self.stride, padding=0, use_bias=False,
+        )  # fmt: skip
 
 
-class ResNetBlock(_BlockFields):
+class ResNetBlock(_Residual):
     """Basic residual block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
     ``(N, H, W, C) -> (N, ceil(H/s), ceil(W/s), features)``; both convs 3×3, the first with
@@ -139,21 +111,22 @@ class ResNetBlock(_BlockFields):
 
     Attributes:
       features: output channels. stride: of the first conv and the shortcut.
-      axis_name: BatchNorm's cross-device axis (``None``: per-device statistics).
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = self._conv(self.features, 3, self.stride, "conv1")(x)
-        y = nn.relu(self._norm(train, "bn1")(y))
-        y = self._conv(self.features, 3, 1, "conv2")(y)
-        y = self._norm(train, "bn2", self.zero_init_residual)(y)
+        y = nn.relu(self._conv_bn(x, self.features, 3, self.stride, 1, train))
+        y = self.kit.conv(self.features, 3, padding=1, use_bias=False, name="conv2")(y)
+        y = self._last_bn(y, 2, train)
         return nn.relu(y + self._shortcut(x, self.features, train))
 
 
-class BottleneckBlock(_BlockFields):
+class BottleneckBlock(_Residual):
     """Bottleneck residual block (1×1 → 3×3 → 1×1, expansion 4), stride on the 3×3 ("v1.5").
 
     ``(N, H, W, C) -> (N, ceil(H/s), ceil(W/s), 4 * features)``::
@@ -171,16 +144,18 @@ class BottleneckBlock(_BlockFields):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         out_features = self.features * self.expansion
-        y = self._conv(self.features, 1, 1, "conv1")(x)
-        y = nn.relu(self._norm(train, "bn1")(y))
-        y = self._conv(self.features, 3, self.stride, "conv2")(y)
-        y = nn.relu(self._norm(train, "bn2")(y))
-        y = self._conv(out_features, 1, 1, "conv3")(y)
-        y = self._norm(train, "bn3", self.zero_init_residual)(y)
+        y = nn.relu(self._conv_bn(x, self.features, 1, 1, 1, train))
+        y = nn.relu(self._conv_bn(y, self.features, 3, self.stride, 2, train))
+        y = self.kit.conv(out_features, 1, padding=0, use_bias=False, name="conv3")(y)
+        y = self._last_bn(y, 3, train)
         return nn.relu(y + self._shortcut(x, out_features, train))
 
 
-class ResNet(nn.Module):
+#: The stems: ``(kernel, stride, max pool)`` of the first conv (He et al. 2016, Table 1, §4.2).
+_STEMS = {"imagenet": (7, 2, True), "cifar": (3, 1, False)}
+
+
+class ResNet(BuilderModule):
     """A ResNet: stem, stages of residual blocks, global average pool, dense classifier.
 
     Input ``(N, H, W, C)``; returns logits ``(N, num_classes)``. Stage ``i`` has
@@ -190,13 +165,15 @@ class ResNet(nn.Module):
     Attributes:
       stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
       block_cls: :class:`ResNetBlock` or :class:`BottleneckBlock` (or any module with the same
-        fields and ``__call__(x, train)``).
+        fields and ``__call__(x, train)``; it receives ``builders=``, the ResNet's kit).
       stage_widths: ``(64, 128, 256, 512)`` (ImageNet) or ``(16, 32, 64)`` (CIFAR).
       stem: ``"imagenet"`` (7×7/2 conv, BN, ReLU, 3×3/2 max pool) or ``"cifar"`` (3×3/1 conv,
         BN, ReLU); the stem has ``stage_widths[0]`` filters.
       shortcut: ``"projection"`` (option B) or ``"pad"`` (option A).
       zero_init_residual: start every block's last BN scale at 0.
-      axis_name: passed to every BatchNorm.
+      axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+        ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+        :class:`~cnnjax.models.blocks.BuilderModule`.
 
     Submodule names follow torchvision (``conv1``, ``bn1``, ``layer2_0/downsample_conv``, ``fc``).
     """
@@ -208,12 +185,6 @@ class ResNet(nn.Module):
     shortcut: str = "projection"
     num_classes: int = 1000
     zero_init_residual: bool = False
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
 
     min_input_size = 1  # every stride-2 layer pads, so even a 1×1 image runs
 
@@ -225,45 +196,16 @@ class ResNet(nn.Module):
                 f"ResNet: stage_sizes {tuple(self.stage_sizes)} and stage_widths "
                 f"{tuple(self.stage_widths)} must have the same length"
             )
-        norm = functools.partial(
-            BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-        )
-        width = self.stage_widths[0]
-        if self.stem == "imagenet":
-            x = Conv(
-                width,
-                (7, 7),
-                stride=2,
-                padding=3,
-                use_bias=False,
-                impl=self.impl,
-                dtype=self.dtype,
-                name="conv1",
-                precision=self.precision,
-            )(x)
-            x = nn.relu(norm(name="bn1")(x))
-            x = MaxPool(
-                (3, 3), stride=2, padding=1, impl=self.impl, dtype=self.dtype, name="maxpool"
-            )(x)
-        elif self.stem == "cifar":
-            x = Conv(
-                width,
-                (3, 3),
-                padding=1,
-                use_bias=False,
-                impl=self.impl,
-                dtype=self.dtype,
-                name="conv1",
-                precision=self.precision,
-            )(x)
-            x = nn.relu(norm(name="bn1")(x))
-        else:
+        if self.stem not in _STEMS:
             raise ValueError(f'ResNet: stem must be "imagenet" or "cifar", got {self.stem!r}')
+        b = self.kit
+        kernel, stride, pool = _STEMS[self.stem]
+        x = conv_bn_act(
+            b, x, self.stage_widths[0], kernel, train=train, name="conv1", norm_name="bn1",
+            stride=stride, padding=kernel // 2, use_bias=False,
+        )  # fmt: skip
+        if pool:
+            x = b.max_pool(3, stride=2, padding=1, name="maxpool")(x)
         for i, (blocks, features) in enumerate(
             zip(self.stage_sizes, self.stage_widths, strict=True)
         ):
@@ -273,16 +215,10 @@ class ResNet(nn.Module):
                     stride=2 if i > 0 and j == 0 else 1,
                     shortcut=self.shortcut,
                     zero_init_residual=self.zero_init_residual,
-                    axis_name=self.axis_name,
-                    bn_momentum=self.bn_momentum,
-                    bn_epsilon=self.bn_epsilon,
-                    impl=self.impl,
-                    dtype=self.dtype,
+                    builders=b,
                     name=f"layer{i + 1}_{j}",
-                    precision=self.precision,
                 )(x, train)
-        x = ops.global_avg_pool(x, impl=self.impl)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc", precision=self.precision)(x)
+        return classifier(b, x, self.num_classes, name="fc")
 
 
 def _imagenet(name: str, stage_sizes: tuple[int, ...], block_cls: Any) -> Any:

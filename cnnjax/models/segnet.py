@@ -17,15 +17,14 @@ the encoder (the paper's Table 6: 29.5M). Inputs must be divisible by 32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 
 from cnnjax import ops
-from cnnjax.layers import Conv, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule, conv_bn_act
 from cnnjax.models.registry import register_model
-from cnnjax.models.vgg import conv_bn_relu
 
 __all__ = ["SEGNET_ENCODER", "SegNet"]
 
@@ -33,17 +32,13 @@ __all__ = ["SEGNET_ENCODER", "SegNet"]
 SEGNET_ENCODER: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 
-class SegNet(nn.Module):
+class SegNet(BuilderModule):
     """SegNet; ``stages`` is ``((width, convs), ...)`` (default VGG-16), ``width_scale`` shrinks
     every width for small experiments. Returns logits ``(N, H, W, num_classes)``."""
 
     num_classes: int = 11
     stages: Sequence[tuple[int, int]] = SEGNET_ENCODER
     width_scale: float = 1.0
-    impl: str = "custom"
-    dtype: Any = None
-    precision: Any = None  # conv precision (see ``cnnjax.ops.canonicalize_precision``)
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -53,28 +48,29 @@ class SegNet(nn.Module):
             min_size=2 ** len(self.stages),  # every 2×2/2 pool keeps at least 1 pixel
             hint="pass larger images or fewer stages (model_overrides.stages)",
         )
-        common = {"impl": self.impl, "dtype": self.dtype, "precision": self.precision}
+        b = self.kit
         widths = [max(1, round(w * self.width_scale)) for w, _ in self.stages]
 
         def block(x, width, name):
-            bn = {"bn_name": f"{name}_bn", "bn_axis_name": self.bn_axis_name}
-            return conv_bn_relu(x, width, train=train, name=name, **bn, **common)
+            return conv_bn_act(
+                b, x, width, 3, train=train, name=name, norm_name=f"{name}_bn", padding=1
+            )
 
         switches = []
         for s, (width, (_, convs)) in enumerate(zip(widths, self.stages, strict=True)):
             for c in range(convs):
                 x = block(x, width, f"conv{s + 1}_{c + 1}")
             shape = x.shape[1:-1]
-            x, indices = ops.max_pool(x, 2, return_indices=True, impl=self.impl)
+            x, indices = ops.max_pool(x, 2, return_indices=True, impl=b.impl)
             switches.append((indices, shape))
         for s in reversed(range(len(self.stages))):
             indices, shape = switches[s]
-            x = ops.max_unpool(x, indices, 2, output_shape=shape, impl=self.impl)
+            x = ops.max_unpool(x, indices, 2, output_shape=shape, impl=b.impl)
             convs = self.stages[s][1]
             for c in reversed(range(convs)):
                 name = f"conv{s + 1}_{c + 1}_D"
                 if s == 0 and c == 0:
-                    return Conv(self.num_classes, (3, 3), padding=1, name=name, **common)(x)
+                    return b.conv(self.num_classes, 3, padding=1, name=name)(x)
                 # the first conv of a stage maps to the next (shallower) stage's width
                 width = widths[s - 1] if c == 0 else widths[s]
                 x = block(x, width, name)

@@ -19,13 +19,13 @@ Returns logits ``(N, H', W', num_classes)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.layers import Conv, ConvTranspose, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule
 from cnnjax.models.registry import register_model
 
 __all__ = ["UNet", "center_crop", "min_input_size"]
@@ -65,7 +65,7 @@ def center_crop(x: jax.Array, spatial: Sequence[int]) -> jax.Array:
     return x[(slice(None), *index, slice(None))]
 
 
-class UNet(nn.Module):
+class UNet(BuilderModule):
     """U-Net; ``widths`` are the channels per level, top to bottom.
 
     Attributes:
@@ -77,9 +77,6 @@ class UNet(nn.Module):
     num_classes: int = 2
     widths: Sequence[int] = (64, 128, 256, 512, 1024)
     padding: int = 0
-    impl: str = "custom"
-    dtype: Any = None
-    precision: Any = None  # conv precision (see ``cnnjax.ops.canonicalize_precision``)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -91,27 +88,25 @@ class UNet(nn.Module):
             hint="pass larger images, or use same-size convs and fewer levels: "
             "--set model_overrides.padding=1 --set 'model_overrides.widths=(16,32,64)'",
         )
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
+        b = self.kit
 
         def double_conv(x, width, name):
             for i in (1, 2):
-                x = Conv(width, (3, 3), padding=self.padding, name=f"{name}_conv{i}", **conv_kw)(x)
-                x = nn.relu(x)
+                x = nn.relu(b.conv(width, 3, padding=self.padding, name=f"{name}_conv{i}")(x))
             return x
 
         skips = []
         for level, width in enumerate(self.widths[:-1]):
             x = double_conv(x, width, f"down{level}")
             skips.append(x)
-            x = MaxPool((2, 2), **common)(x)
+            x = b.max_pool(2)(x)
         x = double_conv(x, self.widths[-1], "bottom")
         for level in reversed(range(len(self.widths) - 1)):
             width = self.widths[level]
-            x = ConvTranspose(width, (2, 2), stride=2, name=f"up{level}_upconv", **conv_kw)(x)
+            x = b.conv_transpose(width, 2, stride=2, name=f"up{level}_upconv")(x)
             skip = center_crop(skips[level], x.shape[1:-1])
             x = double_conv(jnp.concatenate([skip, x], axis=-1), width, f"up{level}")
-        return Conv(self.num_classes, (1, 1), name="classifier", **conv_kw)(x)
+        return b.conv(self.num_classes, 1, name="classifier")(x)
 
 
 register_model(

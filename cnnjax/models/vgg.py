@@ -16,20 +16,20 @@ Init: Glorot & Bengio uniform for every weight (the paper's §3.1 note that Glor
 initialisation trains the deep configurations without pre-training), biases 0.
 
 Overrides: ``head_width`` (4096) shrinks the two hidden dense layers, whose first alone holds
-7·7·512·4096 ≈ 102.8M parameters; the tests use it to keep CI fast. ``bn_axis_name`` is passed
-to ``nn.BatchNorm`` for cross-device batch statistics.
+7·7·512·4096 ≈ 102.8M parameters; the tests use it to keep CI fast. ``axis_name`` is passed
+to every BatchNorm for cross-device batch statistics.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 
-from cnnjax.layers import AdaptiveAvgPool, BatchNorm, Conv, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
+from cnnjax.models.blocks import BuilderModule, conv_bn_act, mlp_head
 from cnnjax.models.registry import register_model
 
 __all__ = ["VGG", "VGG_CONFIGS"]
@@ -46,40 +46,7 @@ VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
 }
 
 
-def conv_bn_relu(
-    x: jax.Array,
-    features: int,
-    *,
-    train: bool,
-    name: str,
-    bn_name: str | None,
-    bn_axis_name: str | None = None,
-    dtype: Any = None,
-    **conv_kwargs: Any,
-) -> jax.Array:
-    """VGG's layer: 3×3 conv (padding 1) → batch norm → ReLU, ``(N, H, W, C) -> (N, H, W,
-    features)``; also SegNet's. Batch norm as torchvision's ``vgg*_bn`` (momentum 0.9, i.e.
-    PyTorch's 0.1; epsilon 1e-5; ``bn_axis_name`` for cross-device statistics), left out when
-    ``bn_name`` is ``None``. ``conv_kwargs`` go to :class:`~cnnjax.layers.Conv`.
-
-    A function, not a module: called inside a compact module it makes that module's
-    submodules ``name`` and ``bn_name`` (siblings), the paths checkpoints, torchvision weights
-    (:mod:`cnnjax.models.torch_weights`) and the NNX models use.
-    """
-    x = Conv(features, (3, 3), padding=1, name=name, dtype=dtype, **conv_kwargs)(x)
-    if bn_name is not None:
-        x = BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=dtype,
-            axis_name=bn_axis_name,
-            name=bn_name,
-        )(x)
-    return nn.relu(x)
-
-
-class VGG(nn.Module):
+class VGG(BuilderModule):
     """A VGG network from a :data:`VGG_CONFIGS` entry. ``(N, H, W, 3) -> (N, num_classes)``.
 
     Attributes:
@@ -87,18 +54,16 @@ class VGG(nn.Module):
         batch_norm: batch norm after every conv (``vggXX_bn``).
         head_width: width of the two hidden dense layers (4096).
         dropout_rate: dropout before the second and third dense layers (0.5).
-        bn_axis_name: ``axis_name`` for ``nn.BatchNorm`` (cross-device statistics).
+        axis_name: BatchNorm's cross-device axis; with ``impl``, ``precision``, ``dtype``,
+          ``bn_momentum``, ``bn_epsilon`` or one ``builders``, the keyword-only plumbing of
+          :class:`~cnnjax.models.blocks.BuilderModule`.
     """
 
     config: Sequence[int | str]
     num_classes: int = 1000
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     batch_norm: bool = False
     head_width: int = 4096
     dropout_rate: float = 0.5
-    bn_axis_name: str | None = None
 
     min_input_size = 32
 
@@ -107,43 +72,25 @@ class VGG(nn.Module):
         depth = sum(item != "M" for item in self.config) + 3
         name = f"vgg{depth}{'_bn' if self.batch_norm else ''}"
         check_input_size(x, model=f"VGG ({name})", min_size=self.min_input_size)
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
-        init = nn.initializers.glorot_uniform()
+        b, init = self.kit, nn.initializers.glorot_uniform()
         for i, item in enumerate(self.config):
             if item == "M":
-                x = MaxPool((2, 2), stride=2, **common)(x)
+                x = b.max_pool(2, stride=2)(x)
                 continue
-            x = conv_bn_relu(
-                x,
-                item,
-                train=train,
-                name=f"conv{i}",
-                bn_name=f"bn{i}" if self.batch_norm else None,
-                bn_axis_name=self.bn_axis_name,
-                kernel_init=init,
-                **conv_kw,
-            )
-        x = AdaptiveAvgPool((7, 7), **common)(x)
-        x = x.reshape(x.shape[0], -1)
-        for name in ("fc1", "fc2"):
-            x = nn.relu(
-                nn.Dense(
-                    self.head_width,
-                    kernel_init=init,
-                    dtype=self.dtype,
-                    name=name,
-                    precision=self.precision,
-                )(x)
-            )
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(
-            self.num_classes,
+            x = conv_bn_act(
+                b, x, item, 3, train=train, name=f"conv{i}", padding=1, kernel_init=init,
+                norm_name=f"bn{i}" if self.batch_norm else None,
+            )  # fmt: skip
+        x = b.adaptive_avg_pool(7)(x)
+        return mlp_head(
+            b,
+            x.reshape(x.shape[0], -1),
+            (self.head_width, self.head_width, self.num_classes),
+            ("fc1", "fc2", "fc3"),
+            train=train,
+            dropout_rate=self.dropout_rate,
             kernel_init=init,
-            dtype=self.dtype,
-            name="fc3",
-            precision=self.precision,
-        )(x)
+        )
 
 
 _PAPER = (

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 
-from cnnjax.layers import Conv, LocalResponseNorm, MaxPool, check_input_size
+from cnnjax.layers import check_input_size
 from cnnjax.models.alexnet import paper_head
+from cnnjax.models.blocks import BuilderModule
 from cnnjax.models.registry import register_model
 
 __all__ = ["ZFNet"]
@@ -46,7 +46,7 @@ __all__ = ["ZFNet"]
 _PAPER_INIT = nn.initializers.normal(0.01)
 
 
-class ZFNet(nn.Module):
+class ZFNet(BuilderModule):
     """ZFNet (Zeiler & Fergus 2013). ``(N, 224, 224, 3) -> (N, num_classes)`` logits.
 
     Attributes:
@@ -56,9 +56,6 @@ class ZFNet(nn.Module):
     """
 
     num_classes: int = 1000
-    impl: str = "custom"
-    precision: Any = None
-    dtype: Any = None
     widths: Sequence[int] = (384, 384, 256)
     head_width: int = 4096
     dropout_rate: float = 0.5
@@ -68,25 +65,18 @@ class ZFNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_input_size(x, model="ZFNet (zfnet)", min_size=self.min_input_size)
-        common = {"impl": self.impl, "dtype": self.dtype}
-        conv_kw = {**common, "precision": self.precision}
+        b = self.kit
 
         def conv(features, kernel, stride=1, padding=0, name=None):
-            return Conv(
-                features,
-                (kernel, kernel),
-                stride=stride,
-                padding=padding,
-                kernel_init=_PAPER_INIT,
-                name=name,
-                **conv_kw,
+            return b.conv(
+                features, kernel, stride=stride, padding=padding, kernel_init=_PAPER_INIT, name=name
             )
 
         def pool(y):
-            return MaxPool((3, 3), stride=2, ceil_mode=True, **common)(y)
+            return b.max_pool(3, stride=2, ceil_mode=True)(y)
 
         def lrn(y):
-            return LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0, **common)(y)
+            return b.lrn(5, alpha=5 * 1e-4, beta=0.75, k=2.0)(y)
 
         x = lrn(pool(nn.relu(conv(96, 7, stride=2, padding=1, name="conv1")(x))))
         x = lrn(pool(nn.relu(conv(256, 5, stride=2, name="conv2")(x))))
