@@ -1,4 +1,4 @@
-"""The training loop: config → data, model, optimiser, driver → steps, evaluations, checkpoints.
+"""The training session: open the workdir, resume, step, evaluate, checkpoint, report.
 
 :func:`train` runs (or resumes) a run in ``workdir``:
 

@@ -23,6 +23,9 @@ dtype, impl, total steps); fields that only change *how* it runs (``parallel``, 
 * Anything else → :class:`RunMismatch`, a one-line diff naming the way forward (a new
   ``--workdir``), and ``config.json`` untouched.
 
+:func:`load_workdir_config` reads a run's configuration back (for ``cnnjax eval`` and the analysis
+of a trained run), resolving recorded relative paths against where the run trained.
+
 :func:`preflight` checks, before any training time is spent: the workdir can be created and
 written, the metrics file can be appended to, and the disk has room for two checkpoints (three
 with a best checkpoint).
