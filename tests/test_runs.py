@@ -98,6 +98,24 @@ def test_rerunning_a_finished_run_says_so_and_trains_nothing(run):
     assert json.loads(after["config.json"]) == json.loads(before["config.json"])
 
 
+def test_eval_scores_with_the_loss_the_run_recorded(finished):
+    """``evaluate`` uses the task's own loss and metric sums: on the final checkpoint it gives
+    the final test record's loss, accuracy and count, and a confusion matrix that agrees."""
+    import numpy as np
+
+    from cnnjax.train import evaluate, read_metrics
+
+    result = evaluate(finished)
+    test = [r for r in read_metrics(finished) if r["split"] == "test"][-1]
+    assert result.step == test["step"] == 6 and result.task == "classification"
+    assert result.count == test["count"] == len(result.labels) == result.confusion.sum()
+    assert result.accuracy == test["accuracy"]
+    assert result.loss == pytest.approx(test["loss"], rel=1e-6)
+    assert result.accuracy == np.trace(result.confusion) / result.count
+    assert result.accuracy == np.mean(result.predictions == result.labels)
+    assert result.mean_iou is None and result.iou is None
+
+
 def test_a_changed_config_is_refused_with_a_diff(run, capsys):
     config = (run / "config.json").read_bytes()
     assert _train(run, "--lr", "0.5", "--batch-size", "32") == 2

@@ -23,7 +23,7 @@ from cnnjax.models import create_model
 from cnnjax.train import default_config
 from cnnjax.train.loop import build_run
 from cnnjax.train.state import create_train_state
-from cnnjax.train.tasks import segmentation_train_step
+from cnnjax.train.tasks import Segmentation, segmentation_train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
@@ -128,7 +128,7 @@ def _config(**changes):
 
 def test_build_run_takes_the_task_from_the_model_and_picks_its_steps():
     run = build_run(_config())
-    assert run.task == "segmentation"
+    assert isinstance(run.task, Segmentation) and run.task.name == "segmentation"
     assert run.input_shape == (32, 32, 1)  # not refitted to U-Net's paper input
     assert run.host_augment is None or not (run.host_augment.flip or run.host_augment.padding)
 

@@ -276,3 +276,82 @@ def test_metrics_writer_writes_jsonl_and_tensorboard_events(tmp_path):
     # the scalar tags are in the event file (a TFRecord of Event protos)
     content = events[0].read_bytes()
     assert b"test/accuracy" in content and b"test/loss" in content
+
+
+def test_a_task_object_is_the_loss_of_the_one_train_step():
+    """``task=Classification(ε, w)`` is the default step with ``label_smoothing=ε``,
+    ``aux_loss_weight=w``; the task's objective is all the step knows of the loss."""
+    from cnnjax.train import Classification
+
+    model, tx = _WithAux(), optax.sgd(0.1)
+    state = create_train_state(model, tx, seed=0, input_shape=(2, 2, 1))
+    batch = _batch(4, (2, 2, 1), classes=3)
+    step = functools.partial(train_step, model=model, tx=tx)
+    by_kwargs = jax.jit(functools.partial(step, label_smoothing=0.1, aux_loss_weight=0.5))
+    by_task = jax.jit(functools.partial(step, task=Classification(0.1, 0.5)))
+    (a, ma), (b, mb) = by_kwargs(state, batch), by_task(state, batch)
+    assert _max_diff(a.params, b.params) == 0.0
+    assert {k: float(v) for k, v in ma.items()} == {k: float(v) for k, v in mb.items()}
+
+    class Frozen(Classification):
+        """Scores like classification, trains nothing: a zero objective."""
+
+        def objective(self, logits, aux, labels):
+            loss, sums = super().objective(logits, aux, labels)
+            return 0.0 * loss, sums
+
+    frozen, metrics = jax.jit(functools.partial(step, task=Frozen(0.1, 0.5)))(state, batch)
+    assert _max_diff(frozen.params, state.params) == 0.0 and int(frozen.step) == 1
+    assert float(metrics["loss"]) == float(ma["loss"])  # sums still report the real loss
+
+
+def test_tasks_summarize_metric_sums_into_the_test_record():
+    from cnnjax.train import Classification, Segmentation
+
+    sums = {"loss": 3.0, "correct": 4.0, "count": 6.0}
+    assert Classification().summarize(sums) == {"loss": 0.5, "accuracy": 4 / 6, "count": 6}
+    confusion = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    record = Segmentation().summarize({**sums, "confusion": confusion})
+    assert record["mean_iou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert record["iou"] == [pytest.approx(2 / 3), 0.5, None]  # class 2: absent everywhere
+    assert record["pixel_accuracy"] == 0.75
+    assert "iou" not in Segmentation().summarize({**sums, "confusion": confusion}, per_class=False)
+    assert Segmentation().describe(record) == "6 pixels, mean IoU 0.5833"
+    assert Classification().describe(record) == "6 images"
+
+
+def test_segmentation_step_is_the_one_step_with_the_segmentation_task():
+    from cnnjax.train import Segmentation
+    from cnnjax.train.tasks import segmentation_eval_step, segmentation_train_step
+
+    class PerPixel(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            return nn.Conv(3, (3, 3), padding="VALID")(x)
+
+    model, tx = PerPixel(), optax.sgd(0.1)
+    state = create_train_state(model, tx, seed=0, input_shape=(6, 6, 1))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(2, 6, 6, 1)).astype(np.float32),
+        "label": rng.integers(0, 3, (2, 6, 6)).astype(np.int32),
+        "mask": np.array([1.0, 0.0], np.float32),
+    }
+    old = segmentation_train_step(state, batch, model=model, tx=tx)
+    new = train_step(state, batch, model=model, tx=tx, task=Segmentation())
+    assert _max_diff(old[0].params, new[0].params) == 0.0
+    old = segmentation_eval_step(state, batch, model=model)
+    new = eval_step(state, batch, model=model, task=Segmentation())
+    assert _max_diff(old, new) == 0.0 and float(new["count"]) == 16.0  # one 4×4 crop counted
+
+
+def test_importing_the_training_code_imports_no_plotting():
+    import subprocess
+    import sys
+
+    code = "import sys, cnnjax.train, cnnjax.train.loop; print('cnnjax.viz' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    import cnnjax.train
+
+    assert not hasattr(cnnjax.train, "plot")  # curves are cnnjax.viz.plot_curves

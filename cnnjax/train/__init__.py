@@ -4,23 +4,17 @@
 >>> result = train(default_config(), "runs/lenet5_digits")   # LeNet-5 on the embedded digits
 >>> result.test["accuracy"]                                   # ≈ 0.97 after 15 epochs
 
-``train_step`` / ``eval_step`` are pure and identical under every driver; ``axis_name=None``
-means no cross-device reduction. See :mod:`cnnjax.train.loop` for the run layout and resume
-semantics, :mod:`cnnjax.train.parallel` for the drivers.
+``train_step`` / ``eval_step`` are pure, identical under every driver and parameterised by the
+task (:class:`Classification`, :class:`Segmentation`); ``axis_name=None`` means no cross-device
+reduction. The modules, in import order: ``losses`` → ``steps`` → ``tasks`` → ``run`` (a run
+built from a config) → ``evaluation`` → ``loop`` (the session and step loop; see it for the run
+layout and resume semantics); :mod:`cnnjax.train.parallel` holds the drivers.
 """
 
 from cnnjax.train.checkpoint import Checkpointer
 from cnnjax.train.config import apply_overrides, default_config, load_config
-from cnnjax.train.loop import (
-    EvalResult,
-    NonFiniteError,
-    Run,
-    TrainResult,
-    build_run,
-    evaluate,
-    load_workdir_config,
-    train,
-)
+from cnnjax.train.evaluation import EvalResult, evaluate
+from cnnjax.train.loop import NonFiniteError, TrainResult, train
 from cnnjax.train.metrics import MetricsWriter, Progress, read_metrics
 from cnnjax.train.optim import make_optimizer, make_schedule, weight_mask
 from cnnjax.train.parallel import (
@@ -30,26 +24,23 @@ from cnnjax.train.parallel import (
     make_driver,
     resolve_parallel,
 )
+from cnnjax.train.run import Run, build_run
 from cnnjax.train.state import TrainState, create_train_state
 from cnnjax.train.steps import cross_entropy, eval_step, train_step
-
-
-def plot(workdir, output=None):
-    """Loss and accuracy curves of ``workdir`` as a PNG (see :func:`cnnjax.viz.plot_curves`)."""
-    from cnnjax.viz import plot_curves
-
-    return plot_curves(workdir, output)
-
+from cnnjax.train.tasks import Classification, Segmentation
+from cnnjax.train.workdir import load_workdir_config
 
 __all__ = [
     "AXIS",
     "Checkpointer",
+    "Classification",
     "Driver",
     "EvalResult",
     "MetricsWriter",
     "NonFiniteError",
     "Progress",
     "Run",
+    "Segmentation",
     "TrainResult",
     "TrainState",
     "apply_overrides",
@@ -65,7 +56,6 @@ __all__ = [
     "make_driver",
     "make_optimizer",
     "make_schedule",
-    "plot",
     "read_metrics",
     "resolve_parallel",
     "train",

@@ -1,4 +1,4 @@
-"""The training loop: config → data, model, optimiser, driver → steps, evaluations, checkpoints.
+"""The training session: open the workdir, resume, step, evaluate, checkpoint, report.
 
 :func:`train` runs (or resumes) a run in ``workdir``:
 
@@ -31,45 +31,33 @@
   never saved.
 * ``resume=False`` refuses a workdir that already holds checkpoints rather than mixing runs.
 
-:func:`evaluate` restores a run's latest (or best) checkpoint and scores it on a split, with
-predictions for a confusion matrix.
+:func:`build_run` (:mod:`cnnjax.train.run`) builds what a run needs from its configuration;
+:func:`evaluate` (:mod:`cnnjax.train.evaluation`) restores a run's latest (or best) checkpoint
+and scores it on a split, with predictions for a confusion matrix. Both are re-exported here.
 
-Task ``segmentation`` (``config.task``, default the model's registry task): the steps of
-:mod:`cnnjax.train.tasks` (per-pixel cross-entropy through the same guarded
-:func:`~cnnjax.train.steps.train_step`); labels are ``(N, H, W)`` masks, cropped and flipped
-with their images; ``accuracy`` is the pixel accuracy, and every
-test record adds ``pixel_accuracy`` and ``mean_iou`` (the final one also per-class ``iou``,
-``null`` for a class absent from labels and predictions); :func:`evaluate` returns per-pixel
-predictions and labels.
+The task (``config.task``, default the model's registry task; :mod:`cnnjax.train.tasks`) gives
+the loss, the metric sums and the test record: for ``segmentation`` labels are ``(N, H, W)``
+masks, cropped and flipped with their images, ``accuracy`` is the pixel accuracy, and every test
+record adds ``pixel_accuracy`` and ``mean_iou`` (the final one also per-class ``iou``, ``null``
+for a class absent from labels and predictions). The loop itself knows no task.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import json
 import os
 import pathlib
 import shutil
-import signal
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from cnnjax.data import AugmentConfig, Dataset, batches, load_dataset, num_batches
-from cnnjax.data.augment import check_augment_geometry, device_normalize
 from cnnjax.data.classes import save_class_names
-from cnnjax.data.pipeline import default_workers, device_preprocess, in_memory, prefetch_to_device
-from cnnjax.ops import compiler_options
+from cnnjax.data.pipeline import prefetch_to_device
 from cnnjax.train.actions import (
-    BEST_METRICS,
     CheckStop,
     Every,
     KeepBest,
@@ -81,14 +69,22 @@ from cnnjax.train.actions import (
     describe_best,
 )
 from cnnjax.train.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, checkpoint_directory
+from cnnjax.train.evaluation import EvalResult, evaluate, evaluate_state
 from cnnjax.train.metrics import MetricsWriter, Progress
-from cnnjax.train.optim import make_optimizer, make_schedule
-from cnnjax.train.parallel import Driver, initialize_distributed, make_driver
-from cnnjax.train.state import TrainState, create_train_state
-from cnnjax.train.steps import eval_step, train_step
-from cnnjax.train.tasks import iou_from_confusion, segmentation_eval_step, segmentation_train_step
-from cnnjax.train.workdir import check_run, finished_test_metrics, lock_workdir, preflight
+from cnnjax.train.parallel import initialize_distributed
+from cnnjax.train.run import Run, build_run
+from cnnjax.train.signals import StopRequest
+from cnnjax.train.state import TrainState
+from cnnjax.train.workdir import (
+    check_run,
+    finished_test_metrics,
+    load_workdir_config,
+    lock_workdir,
+    preflight,
+)
 
+# EvalResult, Run, build_run, evaluate and load_workdir_config are re-exported from the modules
+# they moved to (cnnjax.train.run, .evaluation, .workdir).
 __all__ = [
     "EvalResult",
     "NonFiniteError",
@@ -99,9 +95,6 @@ __all__ = [
     "load_workdir_config",
     "train",
 ]
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-LOSS_SCALE = 2.0**15  # initial dynamic loss scale of float16 runs (jmp's default)
 
 
 @dataclasses.dataclass
@@ -116,277 +109,6 @@ class TrainResult:
     workdir: pathlib.Path
     already_finished: bool = False  # a rerun of a finished run: nothing was trained
     best: dict | None = None  # best.json's record: metric, mode, value, step, epoch
-
-
-@dataclasses.dataclass
-class EvalResult:
-    """Test metrics, per-example predictions and labels, and the ``K × K`` confusion matrix.
-
-    Segmentation: ``predictions`` / ``labels`` are ``(N, H', W')`` masks (labels centre-cropped
-    to the logits; unlabelled pixels keep ``IGNORE_INDEX``), ``accuracy`` is the pixel
-    accuracy and ``count`` the labelled pixels; ``mean_iou``, per-class ``iou`` and the first
-    raw test ``images`` are set."""
-
-    loss: float
-    accuracy: float
-    count: int
-    predictions: np.ndarray
-    labels: np.ndarray
-    confusion: np.ndarray
-    step: int
-    task: str = "classification"
-    mean_iou: float | None = None
-    iou: np.ndarray | None = None
-    images: np.ndarray | None = None
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything :func:`build_run` derives from a config (shared by train and evaluate)."""
-
-    config: ml_collections.ConfigDict
-    dataset: Dataset
-    model: Any
-    tx: Any
-    driver: Driver
-    steps_per_epoch: int
-    total_steps: int
-    input_shape: tuple[int, int, int]
-    host_augment: AugmentConfig | None
-    eval_augment: AugmentConfig
-    normalize_on_host: bool
-    schedule: Callable[[int], Any] | None = None  # learning rate per optimiser update
-    task: str = "classification"  # or "segmentation"
-    workers: int = 0  # grain threads assembling batches (config data.workers)
-
-    def initial_state(self) -> TrainState:
-        """A fresh host (NumPy) train state from the config's seed."""
-        state = create_train_state(
-            self.model,
-            self.tx,
-            seed=self.config.seed,
-            input_shape=self.input_shape,
-            ema=self.config.optimizer.ema_decay is not None,
-        )
-        self.check_output_width(state)
-        return jax.device_get(state)
-
-    def check_output_width(self, state: TrainState) -> None:
-        """The model's logits end in the data set's class count (per pixel for segmentation).
-
-        Traced with ``jax.eval_shape`` (no compute). A wider or narrower head would train on
-        out-of-range labels without an error. Raises ``ValueError`` naming model, widths, data.
-        """
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-        image = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
-        out = jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False), variables, image)
-        logits = out[0] if isinstance(out, (tuple, list)) else out
-        width, want = logits.shape[-1], self.dataset.num_classes
-        if width != want:
-            what = "per-pixel class scores" if self.task == "segmentation" else "logits"
-            raise ValueError(
-                f"model {self.config.model!r} outputs {width} {what} (shape "
-                f"{tuple(logits.shape)}) but data set {self.config.dataset!r} has {want} "
-                f"classes; give the model a {want}-wide output (it is passed num_classes={want})"
-            )
-
-    def train_batches(self, epoch: int, start_batch: int = 0, *, deferred: bool = False):
-        """One epoch's training batches from ``start_batch``: finished on the host (float32,
-        augmented), or with ``deferred=True`` as the run's step takes them (raw ``uint8`` plus
-        the crop/flip draws when augmentation runs on the device)."""
-        device = deferred and not self.normalize_on_host
-        return batches(
-            self.dataset,
-            batch_size=self.config.batch_size,
-            train=True,
-            seed=self.config.seed,
-            epoch=epoch,
-            start_batch=start_batch,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            augment=self.host_augment,
-            normalize_images=not device,
-            defer_augment=device,
-            workers=self.workers,
-        )
-
-    def eval_batches(self, dataset: Dataset | None = None, *, deferred: bool = False):
-        """Evaluation batches, normalised on the host, or with ``deferred=True`` as the run's
-        eval step takes them (``uint8`` when normalisation runs on the device)."""
-        return batches(
-            dataset or self.dataset,
-            batch_size=self.config.eval_batch_size or self.config.batch_size,
-            train=False,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            augment=self.eval_augment,
-            normalize_images=not (deferred and not self.normalize_on_host),
-            workers=self.workers,
-        )
-
-
-def build_run(config: ml_collections.ConfigDict, *, dataset: Dataset | None = None) -> Run:
-    """Load the data, build model, optimiser and driver for ``config``; validate sizes."""
-    from cnnjax.models import create_model, get_model_info
-    from cnnjax.train.config import validate_config
-
-    validate_config(config)
-    info = get_model_info(config.model)
-    if config.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
-    if config.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f'on_nonfinite must be "stop" or "skip", got {config.on_nonfinite!r}')
-    options = compiler_options(config.get("cpu_convolutions", "xla"))  # (validates the name)
-    task = _check_task(config, info)
-    _check_best_metric(config, task)
-    if dataset is None:
-        dataset = _load_for_model(config, info, task)
-    aug = config.augment
-    check_augment_geometry(aug.padding, aug.crop_size, dataset.image_shape[:2])
-    crop = aug.crop_size
-    input_shape = (crop, crop, dataset.image_shape[2]) if crop else tuple(dataset.image_shape)
-    model = create_model(
-        config.model,
-        num_classes=dataset.num_classes,
-        impl=config.impl,
-        dtype=DTYPES[config.dtype],
-        precision=config.get("precision"),
-        **dict(config.model_overrides),
-    )
-    steps_per_epoch = num_batches(len(dataset.train), config.batch_size, train=True)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"batch size {config.batch_size} is larger than the training split "
-            f"({len(dataset.train)} examples)"
-        )
-    total_steps = config.num_steps or config.epochs * steps_per_epoch
-    opt = config.optimizer
-    accumulate = max(1, opt.accumulate_steps)
-    schedule = make_schedule(
-        config.schedule.name,
-        opt.lr,
-        total_steps=max(1, total_steps // accumulate),
-        warmup_steps=config.schedule.warmup_steps,
-        milestones=config.schedule.milestones,
-        decay_factor=config.schedule.decay_factor,
-        end_lr=config.schedule.end_lr,
-        cycles=[(start // accumulate, end // accumulate) for start, end in config.schedule.cycles],
-    )
-    tx = make_optimizer(
-        opt.name,
-        schedule,
-        momentum=opt.momentum,
-        nesterov=opt.nesterov,
-        weight_decay=opt.weight_decay,
-        b1=opt.b1,
-        b2=opt.b2,
-        eps=opt.eps,
-        grad_clip_norm=opt.grad_clip_norm,
-        accumulate_steps=accumulate,
-        loss_scale=LOSS_SCALE if config.dtype == "float16" else None,
-    )
-    host_augment = AugmentConfig(aug.padding, aug.flip, crop)
-    on_device = in_memory(dataset) if aug.on_device is None else aug.on_device
-    device_aug = None
-    preprocess = None
-    if on_device:
-        device_aug = functools.partial(
-            device_preprocess, augment=host_augment, mean=dataset.mean, std=dataset.std
-        )
-        preprocess = functools.partial(device_normalize, mean=dataset.mean, std=dataset.std)
-    train_fn = functools.partial(
-        segmentation_train_step if task == "segmentation" else train_step,
-        model=model,
-        tx=tx,
-        label_smoothing=config.label_smoothing,
-        aux_loss_weight=config.aux_loss_weight,
-        ema_decay=opt.ema_decay,
-        augment=device_aug,
-    )
-    eval_fn = functools.partial(
-        segmentation_eval_step if task == "segmentation" else eval_step,
-        model=model,
-        use_ema=opt.ema_decay is not None,
-        preprocess=preprocess,
-    )
-    driver = make_driver(config.parallel, train_fn, eval_fn, options)
-    if jax.process_count() > 1 and driver.kind == "none":
-        raise ValueError("a multi-process run needs --parallel pmap or sharded (or auto)")
-    driver.check_batch_size(config.batch_size)
-    driver.check_batch_size(config.eval_batch_size or config.batch_size)
-    workers = config.get("data", {}).get("workers")
-    if workers is None:
-        workers = 0 if in_memory(dataset) else default_workers()
-    if workers < 0:
-        raise ValueError(f"data.workers must be >= 0 (0: no reader threads), got {workers}")
-    return Run(
-        config=config,
-        dataset=dataset,
-        model=model,
-        tx=tx,
-        driver=driver,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        input_shape=input_shape,
-        host_augment=host_augment,
-        eval_augment=AugmentConfig(crop_size=crop),
-        normalize_on_host=not on_device,
-        schedule=schedule,
-        task=task,
-        workers=workers,
-    )
-
-
-TASKS = ("classification", "segmentation")
-
-
-def _check_task(config, info) -> str:
-    """``config.task`` (default: the model's) checked against the model and the augmentation."""
-    task = config.get("task") or info.task
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if task != info.task:
-        raise ValueError(
-            f"model {config.model!r} is a {info.task} model; it cannot train task={task!r}"
-        )
-    if task == "segmentation" and config.label_smoothing:
-        raise ValueError(
-            f"label_smoothing is classification-only; got {config.label_smoothing} with "
-            "task=segmentation"
-        )
-    return task
-
-
-def _check_best_metric(config, task: str) -> None:
-    """``best.metric`` is ``none`` or a test value this task's evaluation produces."""
-    metric = config.get("best", {}).get("metric", "none")
-    segmentation_only = ("test_mean_iou", "test_pixel_accuracy")
-    known = [m for m in BEST_METRICS if task == "segmentation" or m not in segmentation_only]
-    if metric not in (*known, "none"):
-        raise ValueError(
-            f"best.metric must be one of {', '.join([*known, 'none'])} for a {task} run, "
-            f"got {metric!r}"
-        )
-
-
-def _load_for_model(config, info, task: str = "classification") -> Dataset:
-    """Load ``config.dataset``, fitted to the model's paper input when natively too small
-    (classification only: resizing would not move segmentation masks)."""
-    kwargs = dict(
-        data_dir=config.data_dir,
-        resize_mode=config.resize_mode,
-        num_classes=config.num_classes,
-        seed=config.seed,
-        val_split=config.get("val_split"),
-        skip_bad_files=config.get("skip_bad_files", False),
-    )
-    dataset = load_dataset(config.dataset, image_size=config.image_size, **kwargs)
-    too_small = dataset.image_shape[0] < info.min_input_size
-    if config.image_size is None and too_small and task == "classification":
-        dataset = load_dataset(config.dataset, image_size=info.input_shape[0], **kwargs)
-    return dataset
 
 
 class NonFiniteError(RuntimeError):
@@ -404,70 +126,6 @@ class NonFiniteError(RuntimeError):
             f"the update skipped); {where}. Lower the learning rate, clip gradients "
             "(--set optimizer.grad_clip_norm=1.0) or pass --on-nonfinite skip"
         )
-
-
-class _StopRequest:
-    """SIGTERM / SIGINT handler: ask the loop to stop after the current step.
-
-    A second SIGINT interrupts at once, except once :attr:`saving` is set (the final save):
-    from then on signals only note the request, so the last checkpoint is always written.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.saving = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT and not self.saving:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _run_eval(
-    run: Run, state, dataset: Dataset | None = None, *, per_class: bool = True
-) -> dict[str, float]:
-    """Mean loss and accuracy over the eval split; segmentation adds ``pixel_accuracy``,
-    ``mean_iou`` and (``per_class``) the per-class ``iou`` list (``None`` for absent classes)."""
-    driver = run.driver
-    total = None
-    start = time.perf_counter()
-    for batch in prefetch_to_device(
-        run.eval_batches(dataset, deferred=True), driver.put_batch, run.config.prefetch
-    ):
-        m = driver.eval_step(state, batch)
-        total = m if total is None else jax.tree.map(jnp.add, total, m)
-    confusion = total.pop("confusion", None)
-    sums = driver.host_metrics(total)
-    seconds = time.perf_counter() - start
-    count = max(sums["count"], 1.0)
-    images = len(dataset.test if dataset is not None else run.dataset.test)
-    result = {
-        "loss": sums["loss"] / count,
-        "accuracy": sums["correct"] / count,
-        "count": int(sums["count"]),
-        "images_per_sec": (images if confusion is not None else sums["count"]) / seconds
-        if seconds > 0
-        else None,
-        "eval_time": seconds,
-    }
-    if confusion is not None:
-        scores = iou_from_confusion(np.asarray(driver.host_state(confusion)))
-        result["pixel_accuracy"] = scores["pixel_accuracy"]
-        result["mean_iou"] = scores["mean_iou"]
-        if per_class:
-            result["iou"] = [None if np.isnan(x) else float(x) for x in scores["iou"]]
-    return result
 
 
 @dataclasses.dataclass
@@ -530,7 +188,7 @@ def _train_session(session: _Session, config, hooks, verbose: bool) -> TrainResu
         enabled=verbose and session.primary,
     )
     try:
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             actions = [*_make_actions(session, progress, loop), CheckStop(stop)]
             _step_loop(session, loop, actions, hooks)
             stop.saving = True  # signals from here on are noted, never fatal: the save completes
@@ -694,7 +352,7 @@ def _make_actions(session: _Session, progress: Progress, loop: LoopState) -> lis
             Every(spe, total, epochs=1),
             writer=session.writer,
             progress=progress,
-            evaluate=lambda state: _run_eval(run, state, per_class=loop.step >= total),
+            evaluate=lambda state: evaluate_state(run, state, per_class=loop.step >= total),
             lr=session.lr,
             eval_every=config.eval_every_epochs,
             total_steps=total,
@@ -760,7 +418,7 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
     interrupted = loop.stop_reason == "signal" and loop.step < total  # a signal on the last
     test = loop.test  # step stops nothing: the run is finished and saved
     if not interrupted and test is None:  # nothing left to train: score the restored state
-        test = _run_eval(session.run, loop.state)
+        test = evaluate_state(session.run, loop.state)
     if interrupted:
         session.say(
             f"interrupted at step {loop.step}/{total}; checkpoint {ckpt_path}; "
@@ -768,10 +426,8 @@ def _finish(session: _Session, loop: LoopState) -> TrainResult:
         )
     else:
         _say_best(session, loop.best)
-        unit = "pixels" if "mean_iou" in test else "images"
-        iou = f", mean IoU {test['mean_iou']:.4f}" if "mean_iou" in test else ""
         session.say(
-            f"test accuracy {test['accuracy']:.2%} ({test['count']} {unit}{iou}, "
+            f"test accuracy {test['accuracy']:.2%} ({session.run.task.describe(test)}, "
             f"loss {test['loss']:.4f}); checkpoint {ckpt_path}"
         )
     return TrainResult(
@@ -800,7 +456,7 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
         close()
     test = finished_test_metrics(session.workdir, step)
     if test is None:  # no record (e.g. metrics.jsonl removed): score the checkpoint
-        test = _run_eval(session.run, loop.state)
+        test = evaluate_state(session.run, loop.state)
     _say_best(session, loop.best)
     session.say(
         f"already finished at step {step} (test accuracy {test['accuracy']:.2%}); nothing to "
@@ -816,221 +472,3 @@ def _already_finished(session: _Session, loop: LoopState) -> TrainResult:
         already_finished=True,
         best=loop.best,
     )
-
-
-def load_workdir_config(
-    workdir: str | pathlib.Path, *, data: bool = True
-) -> ml_collections.ConfigDict:
-    """The configuration a run saved in ``WORKDIR/config.json``; relative recorded paths that
-    are missing here are resolved against where it trained (``data=False``: the data set's
-    path may be missing, for callers that load no data)."""
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {workdir} a cnnjax training workdir?")
-    from cnnjax.train.config import default_config
-
-    config = default_config()
-    saved = json.loads(path.read_text())
-    _merge(config, saved)
-    _resolve_recorded_paths(config, path, data=data)
-    return config
-
-
-def _resolve_recorded_paths(
-    config: ml_collections.ConfigDict, source: pathlib.Path, *, data: bool = True
-) -> None:
-    """Recorded relative ``folder:``/``npz:`` data and ``file.py:Class`` model paths that do not
-    exist from here are taken relative to ``origin_dir`` (where ``train`` ran), in place.
-
-    Raises ``FileNotFoundError`` (one line) when the path exists from neither directory.
-    """
-    origin = config.get("origin_dir")
-    if not origin:
-        return
-    for key, prefix in (("dataset", ("folder:", "npz:")), ("model", None)):
-        value = str(config[key])
-        if prefix is not None:
-            kind = next((p for p in prefix if value.startswith(p)), None)
-            if kind is None:
-                continue
-            head, text = kind, value[len(kind) :]
-        elif ".py:" in value:
-            text, attr = value.rsplit(":", 1)
-            head = None
-        else:
-            continue
-        path = pathlib.Path(text).expanduser()
-        if path.is_absolute() or path.exists():
-            continue
-        there = pathlib.Path(origin) / path
-        if not there.exists():
-            if key == "dataset" and not data:
-                continue
-            raise FileNotFoundError(
-                f"{key} {value!r} recorded in {source} exists neither under the current "
-                f"directory {os.getcwd()} nor under {origin}, where the run was trained"
-            )
-        config[key] = f"{head}{there}" if head else f"{there}:{attr}"
-
-
-def _merge(config: ml_collections.ConfigDict, values: dict) -> None:
-    for key, value in values.items():
-        if (
-            isinstance(value, dict)
-            and key in config
-            and isinstance(config[key], ml_collections.ConfigDict)
-        ):
-            if key == "model_overrides":
-                for k, v in value.items():
-                    config[key][k] = v
-            else:
-                _merge(config[key], value)
-        elif key in config:
-            if isinstance(value, list):
-                value = tuple(value)
-            config[key] = value
-
-
-def evaluate(
-    workdir: str | pathlib.Path,
-    *,
-    dataset: str | None = None,
-    step: int | None = None,
-    parallel: str = "none",
-    checkpoint: str = "latest",
-    progress: bool = False,
-    skip_bad_files: bool = False,
-) -> EvalResult:
-    """Score the checkpoint (latest, or ``step``) of the run in ``workdir`` on a test split.
-
-    ``checkpoint="best"`` reads ``WORKDIR/checkpoints_best`` (the best test evaluation's state)
-    instead of ``WORKDIR/checkpoints``. ``dataset`` replaces the run's own (e.g. evaluate a
-    digits model on ``npz:...``); it must have the same class count and a compatible image
-    shape. ``progress`` shows a bar with an estimate on stderr when scoring takes a while.
-    ``skip_bad_files`` skips unreadable images of a ``folder:`` data set (with a count).
-    """
-    workdir = pathlib.Path(workdir)
-    config = load_workdir_config(workdir)
-    config.parallel = parallel
-    config.resume = True
-    if dataset is not None:
-        config.dataset = dataset
-    if skip_bad_files:
-        config.skip_bad_files = True
-    run = build_run(config)
-    directory = checkpoint_directory(workdir, checkpoint)
-    if checkpoint == "best" and not directory.is_dir():
-        raise FileNotFoundError(
-            f"{workdir} has no best checkpoint ({directory} does not exist): the run kept none "
-            "(best.metric none, or trained before best checkpoints existed)"
-        )
-    checkpointer = Checkpointer(directory, keep=config.checkpoint.keep)
-    try:  # the newest intact checkpoint; damaged ones are reported, left in place
-        if checkpoint == "best" and not checkpointer.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint under {directory} (no test evaluation has run yet: the best "
-                "is kept at each test evaluation, every eval_every_epochs epochs and at the end)"
-            )
-        state, _ = checkpointer.restore(run.initial_state(), step, quarantine=False)
-    finally:
-        checkpointer.close()
-    params = state.ema_params if config.optimizer.ema_decay is not None else state.params
-    variables = {"params": params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    preprocess = (
-        None
-        if run.normalize_on_host
-        else functools.partial(device_normalize, mean=run.dataset.mean, std=run.dataset.std)
-    )
-
-    @functools.partial(jax.jit, compiler_options=run.driver.compiler_options or None)
-    def predict(variables, images):
-        if preprocess is not None:
-            images = preprocess(images)
-        logits = run.model.apply(variables, images, train=False).astype(jnp.float32)
-        return logits
-
-    batches_ = _eval_progress(run, int(state.step), progress)
-    if run.task == "segmentation":
-        return _evaluate_segmentation(run, variables, predict, int(state.step), batches_)
-    predictions, labels, losses = [], [], []
-    for batch in batches_:
-        logits = np.asarray(predict(variables, batch["image"]))
-        keep = batch["mask"] > 0
-        logits, y = logits[keep], batch["label"][keep]
-        log_probs = logits - _logsumexp(logits)
-        losses.append(-log_probs[np.arange(len(y)), y])
-        predictions.append(np.argmax(logits, -1))
-        labels.append(y)
-    predictions, labels = np.concatenate(predictions), np.concatenate(labels)
-    k = run.dataset.num_classes
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
-    return EvalResult(
-        loss=float(np.concatenate(losses).mean()),
-        accuracy=float((predictions == labels).mean()),
-        count=len(labels),
-        predictions=predictions,
-        labels=labels,
-        confusion=confusion,
-        step=int(state.step),
-    )
-
-
-def _eval_progress(run: Run, step: int, enabled: bool):
-    """The test batches, with a progress bar and estimate on stderr when scoring takes a while."""
-    from cnnjax.progress import track
-
-    size = run.config.eval_batch_size or run.config.batch_size
-    total = num_batches(len(run.dataset.test), size, train=False)
-    return track(
-        run.eval_batches(deferred=True), total, f"eval step {step}", "batch", enabled=enabled
-    )
-
-
-def _evaluate_segmentation(run: Run, variables, predict, step: int, batches_) -> EvalResult:
-    """Per-pixel predictions, loss over labelled pixels, confusion and IoU on the test split."""
-    from cnnjax.data.pipeline import IGNORE_INDEX
-    from cnnjax.train.tasks import _crop_labels
-
-    k = run.dataset.num_classes
-    predictions, labels = [], []
-    confusion = np.zeros((k, k), np.int64)
-    loss_sum = 0.0
-    for batch in batches_:
-        logits = np.asarray(predict(variables, batch["image"]))
-        keep = batch["mask"] > 0
-        logits = logits[keep]
-        y = np.asarray(_crop_labels(batch["label"][keep], logits.shape[1:-1]))
-        valid = y != IGNORE_INDEX
-        safe = np.where(valid, y, 0)
-        log_probs = logits - _logsumexp(logits)
-        picked = np.take_along_axis(log_probs, safe[..., None], -1)[..., 0]
-        loss_sum -= float(picked[valid].sum())
-        pred = np.argmax(logits, -1)
-        np.add.at(confusion, (y[valid], pred[valid]), 1)
-        predictions.append(pred)
-        labels.append(y)
-    scores = iou_from_confusion(confusion)
-    count = int(confusion.sum())
-    shown = np.arange(min(8, len(run.dataset.test)))
-    images = np.asarray(run.dataset.test.get(shown)[0])
-    return EvalResult(
-        loss=loss_sum / max(count, 1),
-        accuracy=scores["pixel_accuracy"],
-        count=count,
-        predictions=np.concatenate(predictions),
-        labels=np.concatenate(labels),
-        confusion=confusion,
-        step=step,
-        task="segmentation",
-        mean_iou=scores["mean_iou"],
-        iou=scores["iou"],
-        images=images,
-    )
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    m = x.max(-1, keepdims=True)
-    return m + np.log(np.exp(x - m).sum(-1, keepdims=True))

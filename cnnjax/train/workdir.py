@@ -23,6 +23,9 @@ dtype, impl, total steps); fields that only change *how* it runs (``parallel``, 
 * Anything else → :class:`RunMismatch`, a one-line diff naming the way forward (a new
   ``--workdir``), and ``config.json`` untouched.
 
+:func:`load_workdir_config` reads a run's configuration back (for ``cnnjax eval`` and the analysis
+of a trained run), resolving recorded relative paths against where the run trained.
+
 :func:`preflight` checks, before any training time is spent: the workdir can be created and
 written, the metrics file can be appended to, and the disk has room for two checkpoints (three
 with a best checkpoint).
@@ -44,12 +47,15 @@ import jax
 import ml_collections
 import numpy as np
 
+from cnnjax.train.config import default_config
+
 __all__ = [
     "RunContract",
     "RunMismatch",
     "WorkdirInUse",
     "check_run",
     "finished_test_metrics",
+    "load_workdir_config",
     "lock_workdir",
     "preflight",
     "state_bytes",
@@ -163,6 +169,77 @@ def _extension_rule(config) -> str:
             f"end_lr {config.schedule.end_lr:g}"
         )
     return "goes on unchanged"
+
+
+def load_workdir_config(
+    workdir: str | pathlib.Path, *, data: bool = True
+) -> ml_collections.ConfigDict:
+    """The configuration a run saved in ``WORKDIR/config.json``; relative recorded paths that
+    are missing here are resolved against where it trained (``data=False``: the data set's
+    path may be missing, for callers that load no data)."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {workdir} a cnnjax training workdir?")
+    config = default_config()
+    saved = json.loads(path.read_text())
+    _merge(config, saved)
+    _resolve_recorded_paths(config, path, data=data)
+    return config
+
+
+def _resolve_recorded_paths(
+    config: ml_collections.ConfigDict, source: pathlib.Path, *, data: bool = True
+) -> None:
+    """Recorded relative ``folder:``/``npz:`` data and ``file.py:Class`` model paths that do not
+    exist from here are taken relative to ``origin_dir`` (where ``train`` ran), in place.
+
+    Raises ``FileNotFoundError`` (one line) when the path exists from neither directory.
+    """
+    origin = config.get("origin_dir")
+    if not origin:
+        return
+    for key, prefix in (("dataset", ("folder:", "npz:")), ("model", None)):
+        value = str(config[key])
+        if prefix is not None:
+            kind = next((p for p in prefix if value.startswith(p)), None)
+            if kind is None:
+                continue
+            head, text = kind, value[len(kind) :]
+        elif ".py:" in value:
+            text, attr = value.rsplit(":", 1)
+            head = None
+        else:
+            continue
+        path = pathlib.Path(text).expanduser()
+        if path.is_absolute() or path.exists():
+            continue
+        there = pathlib.Path(origin) / path
+        if not there.exists():
+            if key == "dataset" and not data:
+                continue
+            raise FileNotFoundError(
+                f"{key} {value!r} recorded in {source} exists neither under the current "
+                f"directory {os.getcwd()} nor under {origin}, where the run was trained"
+            )
+        config[key] = f"{head}{there}" if head else f"{there}:{attr}"
+
+
+def _merge(config: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+        if (
+            isinstance(value, dict)
+            and key in config
+            and isinstance(config[key], ml_collections.ConfigDict)
+        ):
+            if key == "model_overrides":
+                for k, v in value.items():
+                    config[key][k] = v
+            else:
+                _merge(config[key], value)
+        elif key in config:
+            if isinstance(value, list):
+                value = tuple(value)
+            config[key] = value
 
 
 def preflight(
