@@ -42,6 +42,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _run_arguments(p, name)
 
 
+# (pictures, option, add_argument keywords): the options beyond the run's, per picture
+_OPTIONS = (
+    (
+        ("features", "receptive-field"),
+        "--image",
+        {"help": "an image file (default: a test image, see --index)"},
+    ),
+    (
+        ("features", "receptive-field"),
+        "--index",
+        {"type": int, "default": 0, "help": "test image index (default 0)"},
+    ),
+    (
+        ("features",),
+        "--layers",
+        {
+            "nargs": "+",
+            "help": "layer paths (see `cnnjax summary`; default: the first, middle and last conv)",
+        },
+    ),
+    (
+        ("deconv", "receptive-field"),
+        "--layer",
+        {"help": "layer path (default: the deepest spatial conv)"},
+    ),
+    (
+        ("deconv",),
+        "--top",
+        {"type": int, "default": 4, "help": "activations to project (default: 4)"},
+    ),
+    (
+        ("deconv",),
+        "--images",
+        {"type": int, "default": 32, "help": "test images searched (default: 32)"},
+    ),
+    (
+        ("receptive-field",),
+        "--unit",
+        {"type": int, "nargs": "+", "help": "unit position (default: centre)"},
+    ),
+    (
+        ("receptive-field",),
+        "--images",
+        {"type": int, "default": 8, "help": "test images averaged (default: 8)"},
+    ),
+)
+
+
 def _run_arguments(p: argparse.ArgumentParser, name: str) -> None:
     """The arguments of picture ``name`` of a training run."""
     p.add_argument("workdir", metavar="WORKDIR", help="a cnnjax training run directory")
@@ -52,23 +100,9 @@ def _run_arguments(p: argparse.ArgumentParser, name: str) -> None:
         action="store_true",
         help="the best checkpoint (WORKDIR/checkpoints_best) instead of the latest",
     )
-    if name in ("features", "receptive-field"):
-        p.add_argument("--image", help="an image file (default: a test image, see --index)")
-        p.add_argument("--index", type=int, default=0, help="test image index (default 0)")
-    if name == "features":
-        p.add_argument(
-            "--layers",
-            nargs="+",
-            help="layer paths (see `cnnjax summary`; default: the first, middle and last conv)",
-        )
-    if name in ("deconv", "receptive-field"):
-        p.add_argument("--layer", help="layer path (default: the deepest spatial conv)")
-    if name == "deconv":
-        p.add_argument("--top", type=int, default=4, help="activations to project (default: 4)")
-        p.add_argument("--images", type=int, default=32, help="test images searched (default: 32)")
-    if name == "receptive-field":
-        p.add_argument("--unit", type=int, nargs="+", help="unit position (default: centre)")
-        p.add_argument("--images", type=int, default=8, help="test images averaged (default: 8)")
+    for pictures, option, keywords in _OPTIONS:
+        if name in pictures:
+            p.add_argument(option, **keywords)
 
 
 def run(args: argparse.Namespace) -> int:
