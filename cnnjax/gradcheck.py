@@ -15,6 +15,9 @@ same impl in float64 on the same rounded inputs and cotangent (tolerances per dt
 with exact zeros, ties and negatives by default for the 16-bit types). A progress bar with an
 estimate goes to stderr (:mod:`cnnjax.progress`); each op's line gives its time and an estimate
 of the time left.
+
+This module holds the sweeps (:data:`SWEEPS`, :func:`check_op`, :func:`relative_error`); the
+command line is :mod:`cnnjax.cli.gradcheck`.
 """
 
 from __future__ import annotations

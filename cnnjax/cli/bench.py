@@ -17,7 +17,7 @@ import pathlib
 
 from cnnjax.cli.common import comma_list, int_at_least
 
-__all__ = ["DESCRIPTION", "HELP", "add_arguments", "check_outputs", "run"]
+__all__ = ["DESCRIPTION", "HELP", "SUITES", "add_arguments", "check_outputs", "run"]
 
 HELP = "benchmarks: ops, train (img/s per model), data (pipeline img/s)"
 DESCRIPTION = "Benchmarks measured side by side in one process (medians, ratios)."
