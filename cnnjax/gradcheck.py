@@ -15,14 +15,16 @@ same impl in float64 on the same rounded inputs and cotangent (tolerances per dt
 with exact zeros, ties and negatives by default for the 16-bit types). A progress bar with an
 estimate goes to stderr (:mod:`cnnjax.progress`); each op's line gives its time and an estimate
 of the time left.
+
+This module holds the sweeps (:data:`SWEEPS`, :func:`check_op`, :func:`relative_error`); the
+command line is :mod:`cnnjax.cli.gradcheck`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -407,159 +409,21 @@ def check_op(
     return result
 
 
-def _progress_callback(bar, done_before: int):
-    """``progress(done)`` for :func:`check_op`: moves the shared bar to ``done_before + done``."""
+def __getattr__(name: str):
+    """``main(argv)`` and ``build_parser()`` of the ``cnnjax gradcheck`` command, kept for their
+    old callers; looked up by name (PEP 562) so that this module does not import the command
+    line, which imports it."""
+    if name in ("main", "build_parser"):
+        import importlib
 
-    def show(done: int) -> None:
-        bar.update(done_before + done - bar.n)
-
-    return show
-
-
-class _OneLineErrors(argparse.ArgumentParser):
-    """Bad arguments: one line on stderr (no usage block) and exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        cli = importlib.import_module("cnnjax.cli")
+        if name == "main":
+            return cli.entry_point("gradcheck")
+        return lambda: cli.command_parser("gradcheck")
+    raise AttributeError(f"module 'cnnjax.gradcheck' has no attribute {name!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``cnnjax gradcheck`` argument parser."""
-    parser = _OneLineErrors(
-        prog="cnnjax gradcheck",
-        description="Compare every op's hand-written VJP with JAX autodiff over random "
-        "configurations (float64), or measure both impls' rounding error in a lower precision "
-        "against float64 (--dtype), and print the worst relative errors.",
-    )
-    parser.add_argument(
-        "--ops",
-        nargs="+",
-        choices=sorted(SWEEPS),
-        default=list(SWEEPS),
-        metavar="OP",
-        help=f"ops to check (default: all: {', '.join(SWEEPS)})",
-    )
-    parser.add_argument(
-        "--cases",
-        type=_positive_int,
-        default=25,
-        help="configurations per op, >= 1, about 0.2 s each (default: 25)",
-    )
-    parser.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="random seed, an int >= 0 (default: 0)"
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=sorted(TOLERANCES),
-        default="float64",
-        help="float64: custom vs autodiff; float32/float16/bfloat16: each impl vs itself in "
-        "float64 on the same rounded inputs, with dtype-appropriate tolerances (default: float64)",
-    )
-    parser.add_argument(
-        "--edges",
-        action="store_true",
-        help="every other case uses an edge input: exact zeros, ties or negative values "
-        "(default on for float16/bfloat16)",
-    )
-    parser.add_argument(
-        "--tol",
-        type=_tolerance,
-        default=None,
-        help="max allowed relative error, a finite number >= 0 (default per dtype)",
-    )
-    return parser
+if __name__ == "__main__":  # python -m cnnjax.gradcheck ARGS = cnnjax gradcheck ARGS
+    import importlib
 
-
-def _positive_int(text: str) -> int:
-    """--cases: a check of 0 configurations checks nothing and must not print OK."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    """--seed: NumPy seeds are non-negative ints."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
-
-
-def _tolerance(text: str) -> float:
-    """--tol: finite and >= 0 (NaN would make every comparison fail, a negative one too)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``cnnjax gradcheck``: the table on stdout, a progress bar on stderr; 1 if any op fails."""
-    args = build_parser().parse_args(argv)
-    tol = TOLERANCES[args.dtype] if args.tol is None else args.tol
-    edges = args.edges or args.dtype in ("float16", "bfloat16")
-
-    import jax
-
-    from cnnjax.progress import echo, progress_bar
-
-    jax.config.update("jax_enable_x64", True)
-    what = (
-        "custom VJP vs autodiff, float64"
-        if args.dtype == "float64"
-        else f"custom and xla in {args.dtype} vs float64"
-    )
-    print(
-        f"gradcheck: {len(args.ops)} ops x {args.cases} cases ({what}"
-        f"{', with edge inputs' if edges else ''}); tolerance {tol:.2g}",
-        flush=True,
-    )
-    header = (
-        f"{'op':<22}{'cases':>6}{'forward':>11}{'d arg0':>11}{'d arg1':>11}{'d arg2':>11}"
-        f"{'time':>8}"
-    )
-    print(header)
-    print("-" * len(header), flush=True)
-    failed = []
-    bar = progress_bar(len(args.ops) * args.cases, "gradcheck", "case")
-    for index, op in enumerate(args.ops, start=1):
-        bar.set_description(f"[{index}/{len(args.ops)}] {op}", refresh=False)
-        show = _progress_callback(bar, (index - 1) * args.cases)
-        r = check_op(op, args.cases, args.seed, args.dtype, edges, show)
-        grads = [r.worst_grad.get(i) for i in range(3)]
-        cells = "".join(f"{g:>11.1e}" if g is not None else f"{'':>11}" for g in grads)
-        worst = max([r.worst_forward, *r.worst_grad.values()])
-        flag = "  FAIL" if not worst <= tol else ""
-        echo(bar, f"{op:<22}{r.cases:>6}{r.worst_forward:>11.1e}{cells}{r.seconds:>7.1f}s{flag}")
-        if not worst <= tol:
-            failed.append((op, worst, r.worst_case))
-    bar.close()
-    print("-" * len(header))
-    print(
-        "arg0 is x; arg1/arg2 are w/b for conv, conv_transpose and depthwise_conv, "
-        "w_depthwise/w_pointwise for separable_conv."
-    )
-    if failed:
-        for op, worst, case in failed:
-            print(f"FAIL {op}: relative error {worst:.3e} > {tol:.1e} at {case}")
-        return 1
-    if args.dtype == "float64":
-        print(f"OK: every custom VJP equals autodiff to <= {tol:.0e} relative (float64).")
-    else:
-        print(f"OK: both impls in {args.dtype} are within {tol:.2g} relative of float64.")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(importlib.import_module("cnnjax.cli").entry_point("gradcheck")())

@@ -6,8 +6,9 @@
 * :func:`plot_confusion` — a ``K × K`` confusion matrix (rows: true class, columns: predicted).
 * :func:`plot_filters` — first-layer kernels ``(kh, kw, C_in, C_out)`` as a grid of images.
 * :func:`plot_edges`, :func:`plot_feature_maps`, :func:`plot_deconv`,
-  :func:`plot_receptive_field` and :func:`main` — the ``cnnjax viz`` pictures (the numbers come
-  from :mod:`cnnjax.interpret` and :mod:`cnnjax.receptive_fields`).
+  :func:`plot_receptive_field` — the ``cnnjax viz`` pictures (the numbers come from
+  :mod:`cnnjax.interpret` and :mod:`cnnjax.receptive_fields`; the command is
+  :mod:`cnnjax.cli.viz`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "main",
+    "field_box",
     "plot_confusion",
     "plot_curves",
     "plot_deconv",
@@ -29,6 +30,18 @@ __all__ = [
     "plot_receptive_field",
     "plot_segmentation",
 ]
+
+
+def __getattr__(name: str):
+    """``main(argv)`` and ``build_parser()`` of the ``cnnjax viz`` command, kept for their old
+    callers; looked up by name (PEP 562) so that this module does not import the command line,
+    which imports it."""
+    if name in ("main", "build_parser"):
+        import importlib
+
+        cli = importlib.import_module("cnnjax.cli")
+        return cli.entry_point("viz") if name == "main" else lambda: cli.command_parser("viz")
+    raise AttributeError(f"module 'cnnjax.viz' has no attribute {name!r}")
 
 
 def _pyplot():
@@ -244,8 +257,10 @@ def plot_feature_maps(
     return _save(fig, output)
 
 
-def _field_box(row, position) -> list[tuple[float, float]]:
-    """``[lo, hi)`` per dim of unit ``position``'s theoretical field (summary row numbers)."""
+def field_box(row, position) -> list[tuple[float, float]]:
+    """``[lo, hi)`` per spatial dim of the theoretical receptive field of the unit at
+    ``position`` of ``row``'s map: ``start + position * jump ± size / 2`` (the row's
+    ``rf_start``, ``rf_jump``, ``rf_size`` from :mod:`cnnjax.receptive_fields`)."""
     return [
         (start + p * jump - size / 2, start + p * jump + size / 2)
         for start, jump, size, p in zip(row.rf_start, row.rf_jump, row.rf_size, position)
@@ -267,7 +282,7 @@ def plot_deconv(
     fig, axes = plt.subplots(len(results), 3, figsize=(7.5, 2.5 * len(results)), squeeze=False)
     for ax_row, r in zip(axes, results, strict=True):
         image = images[r["image"]]
-        (y0, y1), (x0, x1) = _field_box(row, r["position"])
+        (y0, y1), (x0, x1) = field_box(row, r["position"])
         _show_image(ax_row[0], image, mean, std)
         ax_row[0].add_patch(
             _pyplot().Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="red")
@@ -300,7 +315,7 @@ def plot_receptive_field(
     """The input with the theoretical RF box of one unit, and the effective RF heat map."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-    (y0, y1), (x0, x1) = _field_box(row, position)
+    (y0, y1), (x0, x1) = field_box(row, position)
     _show_image(axes[0], image, mean, std)
     axes[1].imshow(erf / (erf.max() or 1.0), cmap="hot")
     for ax in axes:
@@ -316,161 +331,6 @@ def plot_receptive_field(
     )
     axes[1].set_title("effective RF |d unit / d input| (Luo et al. 2016)", fontsize=8)
     return _save(fig, output)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``cnnjax viz SUBCOMMAND``: one PNG per call; errors print one line and return 2."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv  # accepted anywhere, like every cnnjax command
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
-    try:
-        print(_run_viz(args))
-    except (ValueError, TypeError, OSError, KeyError) as e:
-        if debug:
-            raise
-        print(f"cnnjax viz {args.what}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def build_parser():
-    """The ``cnnjax viz`` argument parser (one sub-parser per picture)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="cnnjax viz", description="pictures of CNN internals")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="what", metavar="SUBCOMMAND", required=True)
-    p = sub.add_parser("edges", help="the seeds' 6×6 vertical-edge convolution, with numbers")
-    p.add_argument("--output", default="edges.png", help="PNG path (default: edges.png)")
-    for name, text in (
-        ("filters", "first-layer kernels, one tile per output channel"),
-        ("features", "feature maps of one input through chosen layers"),
-        ("deconv", "Zeiler & Fergus deconvnet projections of the strongest activations"),
-        ("receptive-field", "theoretical RF box of a unit over its effective RF (Luo et al.)"),
-    ):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("workdir", metavar="WORKDIR", help="a cnnjax training run directory")
-        p.add_argument("--output", help=f"PNG path (default: WORKDIR/{name}.png)")
-        p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
-        p.add_argument(
-            "--best",
-            action="store_true",
-            help="the best checkpoint (WORKDIR/checkpoints_best) instead of the latest",
-        )
-        if name in ("features", "receptive-field"):
-            p.add_argument("--image", help="an image file (default: a test image, see --index)")
-            p.add_argument("--index", type=int, default=0, help="test image index (default 0)")
-        if name == "features":
-            p.add_argument(
-                "--layers",
-                nargs="+",
-                help="layer paths (see `cnnjax summary`; default: the first, middle and last conv)",
-            )
-        if name in ("deconv", "receptive-field"):
-            p.add_argument("--layer", help="layer path (default: the deepest spatial conv)")
-        if name == "deconv":
-            p.add_argument("--top", type=int, default=4, help="activations to project (default: 4)")
-            p.add_argument(
-                "--images", type=int, default=32, help="test images searched (default: 32)"
-            )
-        if name == "receptive-field":
-            p.add_argument("--unit", type=int, nargs="+", help="unit position (default: centre)")
-            p.add_argument(
-                "--images", type=int, default=8, help="test images averaged (default: 8)"
-            )
-    return parser
-
-
-def _run_viz(args) -> str:
-    if args.what == "edges":
-        path, result = plot_edges(args.output)
-        return f"{path}\n" + "\n".join(" ".join(f"{v:3g}" for v in r) for r in result)
-    from cnnjax import interpret
-
-    which = "best" if args.best else "latest"
-    run = interpret.load_run(args.workdir, args.step, which, data=args.what != "filters")
-    output = args.output or pathlib.Path(args.workdir) / f"{args.what}.png"
-    rows = interpret.spatial_layers(run.model, run.input_shape)
-    if args.what == "filters":
-        return str(plot_filters(_first_kernel(run.variables["params"], rows), output))
-    if args.what == "features":
-        image = _input_image(args, run)
-        paths = args.layers or _default_feature_layers(rows)
-        maps = interpret.feature_maps(run.model, run.variables, image, paths)
-        return str(plot_feature_maps(maps, image, output, mean=run.mean, std=run.std))
-    row = _layer_row(rows, args.layer)
-    if args.what == "deconv":
-        count = max(1, min(args.images, run.num_test))
-        images = np.stack([run.images(i) for i in range(count)])
-        results = interpret.deconvnet(run.model, run.variables, images, row.path, top=args.top)
-        return str(plot_deconv(results, images, row, output, mean=run.mean, std=run.std))
-    image = _input_image(args, run)
-    if args.image:
-        images = image[None]
-    else:
-        count = max(1, min(args.images, run.num_test - args.index))
-        images = np.stack([run.images(args.index + i) for i in range(count)])
-    erf, position = interpret.effective_receptive_field(
-        run.model, run.variables, images, row.path, args.unit
-    )
-    path = plot_receptive_field(image, erf, row, position, output, mean=run.mean, std=run.std)
-    box = _field_box(row, position)
-    return f"{path}\n{row.path} unit {position}: RF {row.rf_size} jump {row.rf_jump} box {box}"
-
-
-def _first_kernel(params: dict, rows) -> np.ndarray:
-    """The kernel of the first conv layer called (summary order, not the tree's)."""
-    for row in rows:
-        node = params
-        for name in row.path.split("/"):
-            node = node.get(name, {}) if isinstance(node, dict) else {}
-        kernel = node.get("kernel") if isinstance(node, dict) else None
-        if kernel is not None and np.ndim(kernel) == 4:
-            return np.asarray(kernel)
-    raise ValueError("the model has no 2-D conv kernel to show")
-
-
-def _conv_rows(rows):
-    return [r for r in rows if "conv" in r.type_name.lower()] or list(rows)
-
-
-def _default_feature_layers(rows) -> list[str]:
-    convs = _conv_rows(rows)
-    picks = sorted({0, len(convs) // 2, len(convs) - 1})
-    return [convs[i].path for i in picks]
-
-
-def _layer_row(rows, layer: str | None):
-    if layer is None:
-        convs = [r for r in _conv_rows(rows) if min(r.output_shape[1:-1]) > 1] or _conv_rows(rows)
-        return convs[-1]
-    for r in rows:
-        if r.path == layer:
-            return r
-    known = ", ".join(r.path for r in rows)
-    raise ValueError(f"no spatial layer {layer!r}; choose one of: {known}")
-
-
-def _input_image(args, run) -> np.ndarray:
-    if not getattr(args, "image", None):
-        return run.images(args.index)
-    plt = _pyplot()
-    path = pathlib.Path(args.image)
-    if not path.is_file():
-        raise FileNotFoundError(f"--image {path} does not exist")
-    img = np.asarray(plt.imread(path), np.float32)
-    img = img[..., :3] if img.ndim == 3 else img[..., None]
-    if img.max() > 1.0:
-        img = img / 255.0
-    h, w, c = run.input_shape
-    if img.shape[-1] != c:
-        img = img.mean(-1, keepdims=True) if c == 1 else np.repeat(img[..., :1], c, -1)
-    import jax
-
-    img = np.asarray(jax.image.resize(img, (h, w, c), "linear"))
-    return (img - np.asarray(run.mean, np.float32)) / np.asarray(run.std, np.float32)
 
 
 def plot_segmentation(

@@ -295,10 +295,7 @@ def _options(parser: argparse.ArgumentParser, name: str):
 
 
 def test_every_option_of_every_subcommand_states_its_default():
-    from cnnjax import gradcheck, viz
-
-    parsers = {"cnnjax": build_parser(), "gradcheck": gradcheck.build_parser()}
-    parsers["viz"] = viz.build_parser()
+    parsers = {"cnnjax": build_parser()}  # every command, gradcheck and viz included
     seen = 0
     for name, parser in parsers.items():
         for command, action in _options(parser, name):
@@ -314,7 +311,7 @@ def test_every_option_of_every_subcommand_states_its_default():
     ("argv", "message"),
     [
         (["summary", "lenet5", "--input-size", "64", "64", "3", "3"], "--input-size takes 1-3"),
-        (["train", "lenet5", "--seed", "-1"], "argument --seed: must be an int >= 0, got '-1'"),
+        (["train", "lenet5", "--seed", "-1"], "--seed must be >= 0, got -1"),
         (["bench", "ops", "--batch", "0"], "--batch must be >= 1, got 0"),
     ],
 )

@@ -97,11 +97,11 @@ def test_relative_error_of_infinities_and_nan():
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--cases", "0"], "--cases: must be an int >= 1"),
-        (["--cases", "-2"], "--cases: must be an int >= 1"),
-        (["--tol", "nan"], "--tol: must be a finite number >= 0"),
-        (["--tol", "-0.5"], "--tol: must be a finite number >= 0"),
-        (["--seed", "-1"], "--seed: must be an int >= 0"),
+        (["--cases", "0"], "--cases must be >= 1, got 0"),
+        (["--cases", "-2"], "--cases must be >= 1, got -2"),
+        (["--tol", "nan"], "--tol must be a finite number >= 0, got 'nan'"),
+        (["--tol", "-0.5"], "--tol must be a finite number >= 0, got '-0.5'"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
     ],
 )
 def test_gradcheck_refuses_arguments_that_check_nothing(argv, match):

@@ -174,7 +174,8 @@ def test_every_classification_model_features_deconv_and_erf(name):
     """Random weights at the registry's test shape: the default layers work, the deconvnet
     projections are non-zero and the effective field lies inside the theoretical box."""
     from cnnjax import interpret
-    from cnnjax.viz import _default_feature_layers, _field_box, _layer_row
+    from cnnjax.cli.viz import _default_feature_layers, _layer_row
+    from cnnjax.viz import field_box
 
     shape = get_model_info(name).test_input_shape
     model = create_model(name, num_classes=10)
@@ -187,7 +188,7 @@ def test_every_classification_model_features_deconv_and_erf(name):
     results = interpret.deconvnet(model, variables, x, row.path, top=2)
     assert all(np.abs(r["projection"]).sum() > 0 for r in results)
     erf, position = interpret.effective_receptive_field(model, variables, x, row.path)
-    (y0, y1), (x0, x1) = _field_box(row, position)
+    (y0, y1), (x0, x1) = field_box(row, position)
     nonzero = np.argwhere(erf > 0)
     assert nonzero[:, 0].min() >= np.floor(y0) and nonzero[:, 0].max() < np.ceil(y1)
     assert nonzero[:, 1].min() >= np.floor(x0) and nonzero[:, 1].max() < np.ceil(x1)
