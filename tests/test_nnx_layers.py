@@ -527,8 +527,12 @@ def test_every_linen_layer_has_a_derived_nnx_namesake():
     for name in linen_classes:
         nnx_cls = getattr(cnnjax.nnx, name)
         assert nnx_cls._LINEN is getattr(layers, name)  # derived from it, not a copy
-        fields = [f.name for f in dataclasses.fields(getattr(layers, name)) if f.init]
-        params = list(inspect.signature(nnx_cls).parameters)
-        assert [p for p in params if p in fields] == [
-            f for f in fields if f not in ("parent", "name")
-        ]
+        fields = [f for f in dataclasses.fields(getattr(layers, name)) if f.init]
+        fields = [f for f in fields if f.name not in ("parent", "name")]
+        params = inspect.signature(nnx_cls).parameters
+        # Every Linen field, in order: positional ones first, then the keyword-only plumbing.
+        expected = [f.name for f in sorted(fields, key=lambda f: bool(f.kw_only))]
+        assert [p for p in params if p in expected] == expected
+        for f in fields:
+            keyword_only = params[f.name].kind is inspect.Parameter.KEYWORD_ONLY
+            assert keyword_only == bool(f.kw_only), (name, f.name)

@@ -70,9 +70,13 @@ def _signature(linen_cls, leading, parameters: bool, defaults: dict) -> inspect.
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter("self", kind)]
     params += [inspect.Parameter(name, kind) for name in leading]
-    for f in _linen_fields(linen_cls):
+    fields = _linen_fields(linen_cls)
+    # Keyword-only Linen fields (the plumbing every layer declares once: impl, precision, dtype)
+    # stay keyword-only here, after the positional ones, as Python requires.
+    for f in sorted(fields, key=lambda f: bool(f.kw_only)):
         default = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
-        params.append(inspect.Parameter(f.name, kind, default=defaults.get(f.name, default)))
+        f_kind = inspect.Parameter.KEYWORD_ONLY if f.kw_only else kind
+        params.append(inspect.Parameter(f.name, f_kind, default=defaults.get(f.name, default)))
     if parameters:
         params.append(inspect.Parameter("rngs", inspect.Parameter.KEYWORD_ONLY))
     return inspect.Signature(params)
