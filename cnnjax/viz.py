@@ -7,7 +7,7 @@
 * :func:`plot_filters` — first-layer kernels ``(kh, kw, C_in, C_out)`` as a grid of images.
 * :func:`plot_edges`, :func:`plot_feature_maps`, :func:`plot_deconv`,
   :func:`plot_receptive_field` and :func:`main` — the ``cnnjax viz`` pictures (the numbers come
-  from :mod:`cnnjax.interpret` and :mod:`cnnjax.receptive_fields`).
+  from :mod:`cnnjax.analysis`).
 """
 
 from __future__ import annotations
@@ -420,16 +420,27 @@ def _run_viz(args) -> str:
     return f"{path}\n{row.path} unit {position}: RF {row.rf_size} jump {row.rf_jump} box {box}"
 
 
-def _first_kernel(params: dict, rows) -> np.ndarray:
-    """The kernel of the first conv layer called (summary order, not the tree's)."""
+def _first_kernel(params, rows) -> np.ndarray:
+    """The 2-D conv kernel ``(kh, kw, C_in, C_out)`` of the first layer called (summary order,
+    not the tree's) that owns one: the rows name their parameter leaves (``param_paths``), so
+    modules, NNX state and a pure function's dict are searched alike."""
     for row in rows:
-        node = params
-        for name in row.path.split("/"):
-            node = node.get(name, {}) if isinstance(node, dict) else {}
-        kernel = node.get("kernel") if isinstance(node, dict) else None
-        if kernel is not None and np.ndim(kernel) == 4:
-            return np.asarray(kernel)
+        for leaf_path in row.param_paths or (f"{row.path}/kernel",):
+            node = params
+            for name in leaf_path.split("/"):
+                node = _child(node, name)
+            if node is not None and np.ndim(node) == 4:
+                return np.asarray(node)
     raise ValueError("the model has no 2-D conv kernel to show")
+
+
+def _child(node, name: str):
+    """``node[name]`` for a dict, an NNX state or a list (``None`` when absent)."""
+    try:
+        child = node[int(name)] if isinstance(node, list | tuple) else node[name]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return getattr(child, "value", child) if not isinstance(child, dict) else child
 
 
 def _conv_rows(rows):
