@@ -440,7 +440,9 @@ def _child(node, name: str):
         child = node[int(name)] if isinstance(node, list | tuple) else node[name]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
-    return getattr(child, "value", child) if not isinstance(child, dict) else child
+    if hasattr(child, "get_value"):  # an NNX Variable
+        return child.get_value()
+    return child
 
 
 def _conv_rows(rows):

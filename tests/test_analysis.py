@@ -60,7 +60,7 @@ def test_ops_only_lenet5_has_the_layer_built_summary_numbers():
     assert [r.path for r in pure.layers] == [
         "conv_0", "pool_0", "conv_1", "pool_1", "conv_2", "dense_0", "dense_1"
     ]  # fmt: skip
-    assert pure.layers[2].param_paths == ("C3/bias", "C3/kernel")
+    assert pure.layers[2].param_paths == ("C3/kernel", "C3/bias")
 
 
 def test_ops_only_lenet5_is_the_same_function():
@@ -191,7 +191,7 @@ def test_every_viz_picture_on_every_kind_of_model(kind, tmp_path):
 def test_pure_and_layer_built_feature_maps_agree():
     """Same parameters, same pictures: a pure row's output is its module's after the squashing
     function (the row holds the elementwise work that follows the op)."""
-    linen, _, variables, _ = _models()[0][1:]
+    _, linen, variables, _ = _models()[0]
     x = np.asarray(jax.random.normal(jax.random.key(4), (2, *SHAPE)), np.float32)
     pure = feature_maps(ops_lenet5.apply, variables["params"], x[0], ["conv_1"])["conv_1"]
     layer = feature_maps(linen, variables, x[0], ["C3"])["C3"]

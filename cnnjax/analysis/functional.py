@@ -17,8 +17,8 @@ top-level ``jax.jit``). **A layer row** is:
 
 A parameter leaf belongs to the first row that consumes it (directly or through parameter-only
 work, e.g. a kernel scattered from a connection table); leaves no row consumes are listed as
-``not called``. Work on the image before the first row (``x - mean``) starts a row named after
-its primitive.
+``not called``. Work on the image before the first row (a dtype conversion, ``x - mean``)
+belongs to the first row, with the parameters it uses.
 """
 
 from __future__ import annotations
@@ -65,11 +65,13 @@ def as_pure(model: Any, variables: Any = None) -> PureModel | None:
     from flax import nnx
 
     if isinstance(model, nnx.Module):
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, params, rngs, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
         call = _inference(type(model).__call__)
 
         def apply(p, x):
-            return call(nnx.merge(graphdef, p, rest), x)
+            # fresh Variables inside the trace: the model may update its own (RNG counters)
+            fresh = jax.tree.map(lambda a: a, (rngs, rest))
+            return call(nnx.merge(graphdef, p, *fresh), x)
 
         return PureModel(type(model).__name__, apply, params, _count(rest))
     if callable(model):
@@ -127,6 +129,7 @@ def op_rows(jaxpr, n_params: int) -> list[OpRow]:
     rows: list[OpRow] = []
     counts: dict[str, int] = {}
     taken: set[int] = set()
+    prologue: list[int] = []  # parameters used before the first row: given to the first row
     for index, eqn in enumerate(jaxpr.eqns):
         on_path = [v for v in eqn.invars if _is_var(v) and v in owner]
         if not on_path:
@@ -135,21 +138,31 @@ def op_rows(jaxpr, n_params: int) -> list[OpRow]:
             continue
         kind = _kind(eqn)
         parents = [owner[v] for v in on_path if owner[v] is not None]
-        if kind is None and parents:
+        consumed = [
+            leaf
+            for v in eqn.invars
+            if _is_var(v) and v not in owner
+            for leaf in sorted(deps.get(v, ()))
+            if leaf < n_params
+        ]
+        if kind is None and not parents:  # work on the image before the first layer
+            prologue += consumed
+            owner.update({v: None for v in eqn.outvars})
+            continue
+        if kind is None:
             row = rows[max(parents)]
         else:
-            kind = kind or eqn.primitive.name
             name = f"{kind}_{counts.get(kind, 0)}"
             counts[kind] = counts.get(kind, 0) + 1
             parent = max(parents) if parents else None
             row = OpRow(name, kind, index, eqn.outvars[0], on_path[0], parent)
             rows.append(row)
+            consumed, prologue = prologue + consumed, []
         row.eqns.append(index)
-        for v in eqn.invars:
-            for leaf in sorted(deps.get(v, ())) if _is_var(v) and v not in owner else ():
-                if leaf < n_params and leaf not in taken:
-                    taken.add(leaf)
-                    row.params.append(leaf)
+        for leaf in consumed:
+            if leaf not in taken:
+                taken.add(leaf)
+                row.params.append(leaf)
         if _shape(eqn.outvars[0]) == _shape(row.output_var) or index == row.first_eqn:
             row.output_var = eqn.outvars[0]
         owner.update({v: rows.index(row) for v in eqn.outvars})

@@ -490,9 +490,16 @@ def _uncalled_rows(named: list, seen: set[tuple[str, ...]]) -> list[LayerSummary
 
 def leaf_paths(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
     """``[(names, leaf)]`` of a parameter tree, in ``jax.tree.leaves`` order (dict keys, list
-    indices and NNX state keys as strings)."""
+    indices and NNX state keys as strings; an NNX Variable's attribute step is not a name)."""
     return [
-        (tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path), leaf)
+        (
+            tuple(
+                str(getattr(k, "key", getattr(k, "idx", k)))
+                for k in key_path
+                if not isinstance(k, jax.tree_util.GetAttrKey)
+            ),
+            leaf,
+        )
         for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     ]
 
