@@ -27,7 +27,7 @@ from cnnjax.analysis import (
     spatial_layers,
     summary,
 )
-from cnnjax.models import FunctionalModel, create_model
+from cnnjax.models import FunctionalModel, create_model, get_model_info
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import ops_lenet5  # noqa: E402
@@ -217,6 +217,29 @@ def test_functional_model_needs_a_dict():
     bad = FunctionalModel(lambda key, shape: [jnp.zeros(3)], lambda p, x: x)
     with pytest.raises(TypeError, match="dict of parameters"):
         bad.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+
+
+def test_registry_resolves_every_form_of_pure_model(tmp_path):
+    """``file.py:attr`` naming a factory, a FunctionalModel instance or an init/apply pair."""
+    source = tmp_path / "pure_nets.py"
+    source.write_text(
+        "import sys, types\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "import ops_lenet5\n"
+        "from cnnjax.models import FunctionalModel\n"
+        "factory = ops_lenet5.lenet5\n"
+        "instance = FunctionalModel(ops_lenet5.init, ops_lenet5.apply)\n"
+        "pair = types.SimpleNamespace(init=ops_lenet5.init, apply=ops_lenet5.apply)\n"
+        "pair.input_shape = (32, 32, 1)\n"
+    )
+    for attr in ("factory", "instance", "pair"):
+        model = create_model(f"{source}:{attr}", num_classes=10)
+        assert isinstance(model, FunctionalModel)
+        result = summary(model, SHAPE, print_fn=None)
+        assert (result.total_params, result.total_macs) == (60850, 326520)
+    assert get_model_info(f"{source}:pair").input_shape == SHAPE
+    with pytest.raises(ValueError, match="has no callable 'nothing'"):
+        create_model(f"{source}:nothing")
 
 
 def _cli(*argv, cwd):
