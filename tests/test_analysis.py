@@ -30,7 +30,7 @@ from cnnjax.analysis import (
 from cnnjax.models import FunctionalModel, create_model, get_model_info
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import ops_lenet5  # noqa: E402
+import ops_lenet5
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = f"{ROOT / 'tests' / 'ops_lenet5.py'}:lenet5"
@@ -55,7 +55,9 @@ def test_ops_only_lenet5_has_the_layer_built_summary_numbers():
     pure = summary(ops_lenet5.apply, SHAPE, params=_pure_params(), print_fn=None)
     wrapped = summary(ops_lenet5.lenet5(), SHAPE, print_fn=None)
     assert _numbers(pure) == _numbers(layers) == _numbers(wrapped)
-    assert layers.total_macs == 28 * 28 * 25 * 6 + 10 * 10 * 25 * 60 + 25 * 16 * 120 + 120 * 84 + 840
+    assert (
+        layers.total_macs == 28 * 28 * 25 * 6 + 10 * 10 * 25 * 60 + 25 * 16 * 120 + 120 * 84 + 840
+    )
     assert layers.receptive_field == (32, 32) and layers.jump == (4, 4)
     assert [r.path for r in pure.layers] == [
         "conv_0", "pool_0", "conv_1", "pool_1", "conv_2", "dense_0", "dense_1"

@@ -77,7 +77,9 @@ def as_pure(model: Any, variables: Any = None) -> PureModel | None:
     if callable(model):
         name = getattr(model, "__name__", type(model).__name__)
         return PureModel(name, _inference(model), variables)
-    raise TypeError(f"cannot analyse a {type(model).__name__}: expected a model or apply(params, x)")
+    raise TypeError(
+        f"cannot analyse a {type(model).__name__}: expected a model or apply(params, x)"
+    )
 
 
 def _inference(fn: Callable) -> Callable:
@@ -133,7 +135,9 @@ def op_rows(jaxpr, n_params: int) -> list[OpRow]:
     for index, eqn in enumerate(jaxpr.eqns):
         on_path = [v for v in eqn.invars if _is_var(v) and v in owner]
         if not on_path:
-            merged = frozenset().union(*(deps.get(v, frozenset()) for v in eqn.invars if _is_var(v)))
+            merged = frozenset().union(
+                *(deps.get(v, frozenset()) for v in eqn.invars if _is_var(v))
+            )
             deps.update({v: merged for v in eqn.outvars})
             continue
         kind = _kind(eqn)

@@ -3,7 +3,8 @@
 :func:`jaxpr_fields` walks the equations of ``jax.make_jaxpr(f)`` (public, stable JAX API) with
 one small rule per primitive and returns, for every variable, its receptive field in the input:
 per spatial axis the ``(size, jump, start)`` triple of Araujo, Norris & Sim (2019, "Computing
-receptive fields of convolutional neural networks", Distill) (:func:`cnnjax.shapes.receptive_field`):
+receptive fields of convolutional neural networks", Distill;
+:func:`cnnjax.shapes.receptive_field`):
 
 * ``size``: the extent of input pixels one output unit depends on (a window of ``size`` pixels),
 * ``jump``: the input distance between neighbouring units (the product of strides so far),
@@ -199,7 +200,7 @@ class _State:
             self.markers.append(outs)
             return outs
         if all(f is None for f in ins) and (
-            self.on_equation is None or _sub_jaxpr(eqn) is None and name != "cond"
+            self.on_equation is None or (_sub_jaxpr(eqn) is None and name != "cond")
         ):
             return [None] * n_out
         if name == "cond":  # e.g. lax.platform_dependent (conv.py's XLA:CPU workaround)
@@ -329,7 +330,7 @@ def _with_axes(f: Field, axes: dict[int, AxisField]) -> Field | None:
 
 
 def _window_step(af: AxisField, k: int, s: int, lo: int, d: int, base: int) -> AxisField:
-    """One windowed layer along an axis: the recurrence of Araujo et al., with input dilation ``base``."""
+    """One windowed layer along an axis: Araujo et al.'s recurrence, input dilation ``base``."""
     k_eff = d * (k - 1) + 1
     jump_in = af.jump / base
     taps = math.ceil(k_eff / base)  # real (undilated) input positions one window can cover

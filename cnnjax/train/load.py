@@ -134,5 +134,3 @@ def _center(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
             pad[axis] = ((size - n) // 2, size - n - (size - n) // 2)
             out = np.pad(out, pad)
     return out
-
-
