@@ -7,7 +7,7 @@
 * :func:`plot_filters` — first-layer kernels ``(kh, kw, C_in, C_out)`` as a grid of images.
 * :func:`plot_edges`, :func:`plot_feature_maps`, :func:`plot_deconv`,
   :func:`plot_receptive_field` — the ``cnnjax viz`` pictures (the numbers come from
-  :mod:`cnnjax.interpret` and :mod:`cnnjax.receptive_fields`; the command is
+  :mod:`cnnjax.analysis`; the command is
   :mod:`cnnjax.cli.viz`).
 """
 
@@ -260,7 +260,7 @@ def plot_feature_maps(
 def field_box(row, position) -> list[tuple[float, float]]:
     """``[lo, hi)`` per spatial dim of the theoretical receptive field of the unit at
     ``position`` of ``row``'s map: ``start + position * jump ± size / 2`` (the row's
-    ``rf_start``, ``rf_jump``, ``rf_size`` from :mod:`cnnjax.receptive_fields`)."""
+    ``rf_start``, ``rf_jump``, ``rf_size`` from :mod:`cnnjax.analysis`)."""
     return [
         (start + p * jump - size / 2, start + p * jump + size / 2)
         for start, jump, size, p in zip(row.rf_start, row.rf_jump, row.rf_size, position)

@@ -170,16 +170,29 @@ def _receptive_field(args, loaded, rows, output) -> str:
     return f"{path}\n{row.path} unit {position}: RF {row.rf_size} jump {row.rf_jump} box {box}"
 
 
-def _first_kernel(params: dict, rows) -> np.ndarray:
-    """The kernel of the first conv layer called (summary order, not the tree's)."""
+def _first_kernel(params, rows) -> np.ndarray:
+    """The 2-D conv kernel ``(kh, kw, C_in, C_out)`` of the first layer called (summary order,
+    not the tree's) that owns one: the rows name their parameter leaves (``param_paths``), so
+    modules, NNX state and a pure function's dict are searched alike."""
     for row in rows:
-        node = params
-        for name in row.path.split("/"):
-            node = node.get(name, {}) if isinstance(node, dict) else {}
-        kernel = node.get("kernel") if isinstance(node, dict) else None
-        if kernel is not None and np.ndim(kernel) == 4:
-            return np.asarray(kernel)
+        for leaf_path in row.param_paths or (f"{row.path}/kernel",):
+            node = params
+            for name in leaf_path.split("/"):
+                node = _child(node, name)
+            if node is not None and np.ndim(node) == 4:
+                return np.asarray(node)
     raise ValueError("the model has no 2-D conv kernel to show")
+
+
+def _child(node, name: str):
+    """``node[name]`` for a dict, an NNX state or a list (``None`` when absent)."""
+    try:
+        child = node[int(name)] if isinstance(node, list | tuple) else node[name]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if hasattr(child, "get_value"):  # an NNX Variable
+        return child.get_value()
+    return child
 
 
 def _conv_rows(rows):

@@ -93,3 +93,7 @@ from cnnjax.models.segnet import SegNet  # noqa: E402
 from cnnjax.models.unet import UNet  # noqa: E402
 
 __all__ += ["SegNet", "UNet", "segnet", "unet"]
+
+from cnnjax.models.functional import FunctionalModel  # noqa: E402
+
+__all__ += ["FunctionalModel"]

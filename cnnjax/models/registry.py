@@ -5,15 +5,17 @@ source: the paper, the input shape the paper used, the smallest input the archit
 and a small input used by tests to keep CI fast.
 
 A name of the form ``module:attr`` or ``path/to/file.py:attr`` is not looked up in the registry:
-it names your own model factory (a Linen module class or a function returning a module), which
-``train``, ``eval`` (from the run's saved config) and ``summary`` resolve the same way; see
-:func:`get_model_info`.
+it names your own model factory (a Linen module class or a function returning a module, a module
+instance, or an object with pure ``init``/``apply`` functions, see
+:mod:`cnnjax.models.functional`), which ``train``, ``eval`` (from the run's saved config) and
+``summary`` resolve the same way; see :func:`get_model_info`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -25,6 +27,7 @@ import flax.linen as nn
 import numpy as np
 
 from cnnjax.layers import Impl
+from cnnjax.models.functional import FunctionalModel
 from cnnjax.ops._common import canonicalize_precision
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
@@ -101,7 +104,9 @@ def get_model_info(name: str) -> ModelInfo:
 
     ``name`` may also be ``module:attr`` (an importable module, the current directory first) or
     ``path/to/file.py:attr``: ``attr`` is a Linen module class or a function returning a module,
-    called with ``num_classes=`` and, when it accepts them, ``impl=`` and ``dtype=``. An optional
+    called with ``num_classes=`` and, when it accepts them, ``impl=`` and ``dtype=``; or a module
+    instance; or an object with pure ``init(key, input_shape)`` / ``apply(params, x)``
+    functions, wrapped in :class:`~cnnjax.models.functional.FunctionalModel`. An optional
     ``input_shape = (H, W, C)`` attribute on it is the default input of ``cnnjax summary``.
     """
     if ":" in name:
@@ -172,10 +177,14 @@ def _external_info(name: str) -> ModelInfo:
     if not module_name or not attr:
         raise ValueError(f"model {name!r}: expected module:attr or path/to/file.py:attr")
     module = _import_user_module(module_name, name)
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise ValueError(f"model {name!r}: module {module_name!r} has no callable {attr!r}")
-    shape = getattr(factory, "input_shape", None)
+    target = getattr(module, attr, None)
+    factory = _as_factory(target)
+    if factory is None:
+        raise ValueError(
+            f"model {name!r}: module {module_name!r} has no callable {attr!r} (a model class, a "
+            "function returning a model, a model, or an object with init and apply functions)"
+        )
+    shape = getattr(target, "input_shape", None)
     shape = tuple(shape) if isinstance(shape, tuple | list) else None
     return ModelInfo(
         name=name,
@@ -184,8 +193,37 @@ def _external_info(name: str) -> ModelInfo:
         input_shape=shape,
         min_input_size=1,
         test_input_shape=shape or (32, 32, 3),
-        default_num_classes=getattr(factory, "default_num_classes", 10),
+        default_num_classes=getattr(target, "default_num_classes", 10),
     )
+
+
+def _as_factory(target) -> Callable[..., nn.Module] | None:
+    """A model factory for what ``module:attr`` names (``None`` if it names no model).
+
+    * a Linen module class, or a function returning a module: itself;
+    * a module instance (e.g. ``FunctionalModel(init, apply)``): returned as it is;
+    * an object with ``init(key, input_shape[, num_classes])`` and ``apply(params, x)``
+      functions (e.g. a Python module of them): wrapped in :class:`FunctionalModel`.
+    """
+    if isinstance(target, nn.Module):
+        return lambda num_classes=None: target
+    init, apply = getattr(target, "init", None), getattr(target, "apply", None)
+    if not isinstance(target, type) and callable(init) and callable(apply):
+
+        def functional(num_classes=None):
+            if num_classes is not None and _accepts(init, "num_classes"):
+                return FunctionalModel(functools.partial(init, num_classes=num_classes), apply)
+            return FunctionalModel(init, apply)
+
+        return functional
+    return target if callable(target) else None
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
 
 
 def _import_user_module(module_name: str, name: str):
