@@ -189,7 +189,7 @@ def test_segmentation_step_skips_a_non_finite_batch():
 
 
 def test_sharded_segnet_steps_match_one_device():
-    """The segmentation steps under the loop's drivers: SegNet's BatchNorm (``bn_axis_name``)
+    """The segmentation steps under the loop's drivers: SegNet's BatchNorm (``axis_name``)
     uses global-batch statistics, so a sharded step equals the single-device one."""
     from cnnjax.train.parallel import make_driver
     from cnnjax.train.tasks import segmentation_eval_step
