@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from cnnjax import ops, viz
-from cnnjax.cli import viz as viz_command
 from cnnjax.analysis import (
     deconvnet,
     effective_receptive_field,
@@ -28,6 +27,7 @@ from cnnjax.analysis import (
     spatial_layers,
     summary,
 )
+from cnnjax.cli import viz as viz_command
 from cnnjax.models import FunctionalModel, create_model, get_model_info
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -84,6 +84,21 @@ def test_nnx_model_summary_matches_linen():
         linen.receptive_field,
         linen.jump,
     )
+
+
+def test_nnx_model_has_the_linen_rows_names_and_feature_maps():
+    """A derived NNX model is analysed as its Linen definition: same row names, same maps."""
+    from cnnjax.nnx import to_linen
+
+    model = create_model("lenet5", api="nnx")
+    linen = create_model("lenet5")
+    linen_rows = [r.path for r in summary(linen, SHAPE, print_fn=None).layers]
+    assert [r.path for r in summary(model, SHAPE, print_fn=None).layers] == linen_rows
+    x = np.asarray(jax.random.normal(jax.random.key(4), SHAPE))  # one image
+    got = feature_maps(model, None, x, ["C1", "C3"])
+    want = feature_maps(linen, to_linen(model), x, ["C1", "C3"])
+    for path in ("C1", "C3"):
+        np.testing.assert_array_equal(got[path], want[path])
 
 
 def test_batch_norm_model_through_nnx_counts_statistics_apart():

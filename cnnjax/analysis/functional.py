@@ -30,6 +30,8 @@ from typing import Any
 
 import jax
 
+from cnnjax.bridge import LinenModule, to_linen
+
 __all__ = ["OpRow", "PureModel", "as_pure", "evaluate_to", "op_rows", "top_level"]
 
 _CALL_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
@@ -45,6 +47,16 @@ class PureModel:
     apply: Callable[[Any, jax.Array], Any]
     params: Any
     non_trainable: int = 0
+
+
+def linen_view(model: Any, variables: Any = None) -> tuple[Any, Any]:
+    """``(Linen module, its variables)`` for a model derived from a Linen definition (every
+    cnnjax NNX layer and model, :class:`cnnjax.bridge.LinenModule`), so that its analysis has
+    the rows, names (``C1``, ``layer1/0/conv1``) and inference-mode computation of the
+    definition; any other model is returned as it is, with ``variables``."""
+    if isinstance(model, LinenModule):
+        return model.module, to_linen(model)
+    return model, variables
 
 
 def as_pure(model: Any, variables: Any = None) -> PureModel | None:

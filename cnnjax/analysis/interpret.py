@@ -38,7 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.analysis.functional import PureModel, as_pure, bind, evaluate_to, op_rows, top_level
+from cnnjax.analysis.functional import (
+    PureModel,
+    as_pure,
+    bind,
+    evaluate_to,
+    linen_view,
+    op_rows,
+    top_level,
+)
 from cnnjax.analysis.summary import summary
 
 __all__ = [
@@ -72,6 +80,7 @@ def layer_output(model: Any, variables: Any, x: jax.Array, path: str) -> tuple[j
     ``path`` is the summary's (``"/"``-joined module names; a pure function's row name, e.g.
     ``"conv_1"``). Raises ``ValueError`` listing the known paths when it is not found.
     """
+    model, variables = linen_view(model, variables)
     pure = as_pure(model, variables)
     if pure is not None:
         return _row_output(pure, x, path)

@@ -48,7 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.analysis.functional import PureModel, as_pure, op_rows, top_level
+from cnnjax.analysis.functional import PureModel, as_pure, linen_view, op_rows, top_level
 from cnnjax.analysis.macs import equation_macs
 from cnnjax.analysis.receptive_fields import Field, input_field, jaxpr_fields
 
@@ -141,6 +141,7 @@ def summary(
       TypeError: ``model`` is none of the above.
     """
     x_spec = jax.ShapeDtypeStruct((batch_size, *tuple(input_shape)), dtype)
+    model, _ = linen_view(model)
     if isinstance(model, nn.Module):
         call_kwargs = {"train": False} if _accepts_train(model) else {}
         variables = jax.eval_shape(

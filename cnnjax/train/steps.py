@@ -51,8 +51,13 @@ TRAIN_METRICS = ("loss", "correct", "count", "skipped", "nonfinite")
 
 def _bind_axis(model: nn.Module, axis_name: str | None) -> nn.Module:
     """Clone a model that has an ``axis_name`` field (BatchNorm) with ours: cross-device stats."""
-    if axis_name is not None and "axis_name" in getattr(model, "__dataclass_fields__", {}):
-        return model.clone(axis_name=axis_name)
+    fields = getattr(model, "__dataclass_fields__", {})
+    # cnnjax's own models spell it ``axis_name``; ``bn_axis_name`` (the spelling VGG and SegNet
+    # had before) is still bound on a user's own ``module:Class`` model, which would otherwise
+    # silently lose its cross-device statistics.
+    for field in ("axis_name", "bn_axis_name"):
+        if axis_name is not None and field in fields:
+            return model.clone(**{field: axis_name})
     return model
 
 
