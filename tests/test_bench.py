@@ -135,3 +135,16 @@ def test_torch_twins_have_the_same_parameter_count(name, shape):
         # The twin's C3 is a dense 6→16 5×5 conv masked by Table I: count the connected weights.
         torch_count -= int((1 - net.c3_mask).sum().item()) * 25
     assert _param_count(shapes["params"]) == torch_count
+
+
+def test_python_m_bench_ops_reads_its_command_line():
+    """``python -m cnnjax.bench.ops --help`` prints the ``cnnjax bench ops`` usage and exits 0
+    (it used to ignore its arguments and start the whole benchmark)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnjax.bench.ops", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: cnnjax bench ops" in done.stdout

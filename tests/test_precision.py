@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from test_models import LARGE
 
 from cnnjax import layers, ops
 from cnnjax.models import create_model, get_model_info, list_models
@@ -149,7 +150,12 @@ def _is_highest(precision) -> bool:
     return all(p == lax.Precision.HIGHEST for p in parts)
 
 
-@pytest.mark.parametrize("name", list_models(task=None))
+# Deeper siblings of a family (test_models.LARGE) run under -m slow; every family's blocks are
+# traced in the default run through its smallest member.
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_models(task=None)],
+)
 def test_precision_reaches_every_conv_and_dense_of_every_model(name):
     """precision="highest" reaches every convolution and dense layer of every registered model,
     forward (train=False) and forward + backward (train=True, the custom VJPs' backward convs

@@ -195,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cnnjax.bench.ops ...`` = ``cnnjax bench ops ...``."""
     from cnnjax.bench import main as bench_main
 
-    return bench_main(["ops", *(argv or [])])
+    argv = sys.argv[1:] if argv is None else argv
+    return bench_main(["ops", *argv])
 
 
 if __name__ == "__main__":
